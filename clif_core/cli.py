@@ -1,0 +1,76 @@
+"""The `clif` command. Each area of the library contributes its subcommands through `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from typing import Optional, Sequence
+
+from .errors import Cancelled, ClifError
+from .progress import Reporter
+
+# Modules that add subcommands; imported only when the CLI runs.
+_COMMAND_MODULES = (
+    "clif_core.models.cli",
+    "clif_core.concepts.cli",
+    "clif_core.augment.cli",
+    "clif_core.demo",
+)
+
+
+def tqdm_reporter(description: str = "") -> Reporter:
+    """A Reporter that draws a tqdm bar and stops cleanly on the first Ctrl-C."""
+    from tqdm import tqdm
+
+    state = {"bar": None, "stop": False}
+
+    def on_sigint(signum, frame):  # second Ctrl-C falls back to Python's default
+        state["stop"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def progress(step: int, total: int, preview=None) -> None:
+        bar = state["bar"]
+        if bar is None or bar.total != total or step < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+        bar.update(step - bar.n)
+
+    return Reporter(progress=progress, should_stop=lambda: state["stop"], log=lambda m: tqdm.write(m))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clif", description="CLIF concepts and All-but-One erasure")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency, not an area that does not exist yet
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except Cancelled as err:
+        print(f"clif: cancelled: {err}", file=sys.stderr)
+        return 130
+    except ClifError as err:
+        print(f"clif: error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""ComfyUI wrappers of the pack: one module per stage, each listing its node classes in NODES."""
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from . import base_model, concept_files
+
+
+class ClifExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from .comfy_adapter import register_model_folders
+
+        register_model_folders()
+        return [*base_model.NODES, *concept_files.NODES]
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    return ClifExtension()

@@ -1,0 +1,78 @@
+"""The small layer between ComfyUI and clif_core: progress, cancel, images, model folders.
+
+Everything ComfyUI-specific that several node modules need lives here, once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+CONCEPTS_FOLDER = "clif_concepts"
+
+
+def register_model_folders() -> None:
+    """Register models/clif_concepts with ComfyUI (idempotent; extra_model_paths entries are kept)."""
+    import folder_paths
+
+    if CONCEPTS_FOLDER not in folder_paths.folder_names_and_paths:
+        path = os.path.join(folder_paths.models_dir, CONCEPTS_FOLDER)
+        folder_paths.folder_names_and_paths[CONCEPTS_FOLDER] = ([path], {".safetensors"})
+
+
+def models_subdir(folder_name: str) -> str:
+    """The first (default) folder ComfyUI uses for `folder_name`, created if missing."""
+    import folder_paths
+
+    path = folder_paths.get_folder_paths(folder_name)[0]
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def reporter(total: int):
+    """A clif_core Reporter bound to ComfyUI's progress bar, preview and interrupt button."""
+    import comfy.model_management
+    import comfy.utils
+
+    from clif_core.progress import Reporter
+
+    bar = comfy.utils.ProgressBar(total)
+
+    def progress(step: int, steps: int, preview=None) -> None:
+        bar.update_absolute(step, steps, ("PNG", preview, 512) if preview is not None else None)
+
+    def should_stop() -> bool:
+        # Raises ComfyUI's own InterruptProcessingException, so the run ends as "interrupted" in the UI
+        # (not as an error); the core's finally-blocks remove any partial output on the way out.
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return False
+
+    return Reporter(progress=progress, should_stop=should_stop, log=lambda m: print(f"[CLIF] {m}"))
+
+
+def pil_to_image(images) -> torch.Tensor:
+    """PIL image(s) → ComfyUI IMAGE (float32 [B,H,W,3] in 0..1)."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def image_to_pil(image: torch.Tensor, index: Optional[int] = None):
+    """ComfyUI IMAGE → list of PIL images (or one, with `index`)."""
+    from PIL import Image
+
+    arrays = (image.detach().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    pils = [Image.fromarray(a) for a in arrays]
+    return pils if index is None else pils[index]
+
+
+def free_comfy_memory() -> None:
+    """Unload ComfyUI's cached models before the pack loads its own large ones."""
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()

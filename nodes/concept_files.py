@@ -1,0 +1,137 @@
+"""Concept files in ComfyUI: load, save, apply to MODEL/CLIP, export to stock embeddings + LoRA."""
+
+from __future__ import annotations
+
+import os
+
+from comfy_api.v0_0_2 import io
+
+from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders
+from .types import ConceptsType
+
+
+def _concept_file_choices() -> list[str]:
+    import folder_paths
+
+    register_model_folders()
+    return folder_paths.get_filename_list(CONCEPTS_FOLDER)
+
+
+def _checked_name(filename: str) -> str:
+    name = os.path.basename(filename.strip())
+    if not name or name in (".", "..") or name != filename.strip():
+        raise ValueError(f"File name {filename!r} is not a plain file name: give a name like 'my_concepts'.")
+    return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+class LoadConceptFile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFLoadConceptFile",
+            display_name="CLIF Load Concept File",
+            category="CLIF/concepts",
+            description="Loads a concept file (.safetensors) from models/clif_concepts.",
+            inputs=[io.Combo.Input("concept_file", options=_concept_file_choices())],
+            outputs=[ConceptsType.Output(display_name="concepts"), io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, concept_file: str) -> io.NodeOutput:
+        import folder_paths
+
+        from clif_core.concepts.file_format import load_concept_file
+
+        register_model_folders()
+        path = folder_paths.get_full_path_or_raise(CONCEPTS_FOLDER, concept_file)
+        concepts = load_concept_file(path)
+        return io.NodeOutput(concepts, concepts.summary())
+
+
+class SaveConceptFile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFSaveConceptFile",
+            display_name="CLIF Save Concept File",
+            category="CLIF/concepts",
+            description="Saves concepts to models/clif_concepts/<filename>.safetensors (atomic write).",
+            is_output_node=True,
+            inputs=[
+                ConceptsType.Input("concepts"),
+                io.String.Input("filename", default="my_concepts"),
+                io.Boolean.Input("overwrite", default=False),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+        )
+
+    @classmethod
+    def execute(cls, concepts, filename: str, overwrite: bool) -> io.NodeOutput:
+        from clif_core.concepts.file_format import save_concept_file
+
+        register_model_folders()
+        path = os.path.join(models_subdir(CONCEPTS_FOLDER), _checked_name(filename))
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another filename or enable 'overwrite'.")
+        save_concept_file(concepts, path)
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+class ApplyConcepts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFApplyConcepts",
+            display_name="CLIF Apply Concepts",
+            category="CLIF/concepts",
+            description="Patches ComfyUI's MODEL and CLIP with a concept file (LoRA + concept tokens) so the "
+            "stock KSampler renders the concepts; write the placeholder (e.g. <alice>) in CLIPTextEncode.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                ConceptsType.Input("concepts"),
+                io.Float.Input("strength_model", default=1.0, min=-4.0, max=4.0, step=0.05),
+                io.Float.Input("strength_clip", default=1.0, min=-4.0, max=4.0, step=0.05),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, concepts, strength_model: float, strength_clip: float) -> io.NodeOutput:
+        from .concept_patching import apply_concept_file
+
+        model, clip = apply_concept_file(model, clip, concepts, strength_model, strength_clip)
+        return io.NodeOutput(model, clip)
+
+
+class ExportConcepts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFExportConcepts",
+            display_name="CLIF Export Concepts (embeddings + LoRA)",
+            category="CLIF/concepts",
+            description="Writes one embedding per concept to models/embeddings (use as embedding:<name> in any "
+            "CLIPTextEncode) and the LoRA to models/loras (use with the stock LoraLoader).",
+            is_output_node=True,
+            inputs=[
+                ConceptsType.Input("concepts"),
+                io.String.Input("name", default="my_concepts"),
+                io.Boolean.Input("overwrite", default=False),
+            ],
+            outputs=[io.String.Output(display_name="files")],
+        )
+
+    @classmethod
+    def execute(cls, concepts, name: str, overwrite: bool) -> io.NodeOutput:
+        from clif_core.concepts.exports import export_comfy
+
+        stem = _checked_name(name)[: -len(".safetensors")]
+        written = export_comfy(
+            concepts, models_subdir("embeddings"), models_subdir("loras"), stem, overwrite=overwrite
+        )
+        listing = "\n".join(str(p) for p in written)
+        return io.NodeOutput(listing, ui={"text": [listing]})
+
+
+NODES = [LoadConceptFile, SaveConceptFile, ApplyConcepts, ExportConcepts]

@@ -1,0 +1,76 @@
+"""Apply a concept file to ComfyUI's own MODEL and CLIP without editing anything in place.
+
+LoRA weights go through ComfyUI's own LoRA loader (`comfy.sd.load_lora_for_models`: clone +
+add_patches). Token embeddings are injected by giving the cloned CLIP its own tokenizer copy that
+resolves the concept placeholders ("<alice>") to the concept vectors, through the same mechanism
+ComfyUI uses for `embedding:name` files.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Callable
+
+import torch
+
+
+def _inner_tokenizers(tokenizer) -> list[tuple[str, object]]:
+    """The per-encoder SDTokenizer attributes of a ComfyUI tokenizer (clip_l, clip_g, clip_h...)."""
+    return [
+        (name, value)
+        for name, value in vars(tokenizer).items()
+        if hasattr(value, "_try_get_embedding") and hasattr(value, "embedding_key")
+    ]
+
+
+def _resolver(previous: Callable, vectors: dict[str, torch.Tensor]) -> Callable:
+    def try_get_embedding(embedding_name: str):
+        words = embedding_name.split()
+        if words and words[0] in vectors:
+            return vectors[words[0]], " ".join(words[1:])
+        return previous(embedding_name)
+
+    return try_get_embedding
+
+
+def _rewriter(previous: Callable, tokens: list[str]) -> Callable:
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+    def tokenize_with_weights(text: str, return_word_ids: bool = False, **kwargs):
+        text = pattern.sub(lambda m: f" embedding:{m.group(0)} ", text)
+        return previous(text, return_word_ids, **kwargs)
+
+    return tokenize_with_weights
+
+
+def patch_clip_tokens(clip, embeddings: dict[str, dict[str, torch.Tensor]]):
+    """Return a clone of `clip` whose prompts understand the concept placeholders.
+
+    `embeddings` maps placeholder token → {encoder name ("clip_l", "clip_g", "clip_h") → [k, width]}.
+    """
+    patched = clip.clone()
+    tokenizer = copy.copy(clip.tokenizer)
+    for attr, inner in _inner_tokenizers(tokenizer):
+        inner = copy.copy(inner)
+        vectors = {tok: per_encoder[inner.embedding_key] for tok, per_encoder in embeddings.items()
+                   if inner.embedding_key in per_encoder}
+        if inner.embedding_directory is None:
+            inner.embedding_directory = []  # ComfyUI only parses `embedding:` words when this is set
+        inner._try_get_embedding = _resolver(inner._try_get_embedding, vectors)
+        setattr(tokenizer, attr, inner)
+    tokenizer.tokenize_with_weights = _rewriter(tokenizer.tokenize_with_weights, list(embeddings))
+    patched.tokenizer = tokenizer
+    return patched
+
+
+def apply_concept_file(model, clip, concept_file, strength_model: float, strength_clip: float):
+    """(MODEL, CLIP) with the concept file's LoRA and token embeddings applied; inputs are untouched."""
+    import comfy.sd
+
+    lora = {**concept_file.unet_lora, **concept_file.text_lora}
+    if lora and (strength_model != 0 or strength_clip != 0):
+        model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+    if clip is not None and concept_file.concepts:
+        clip = patch_clip_tokens(clip, {c.token: c.embeddings for c in concept_file.concepts})
+    return model, clip
