@@ -1,0 +1,264 @@
+"""Tiny Stable Diffusion-shaped models for tests and fixtures, built from configs with random weights.
+
+Same classes and key layout as the real families, small sizes:
+- UNet: channels (32, 64), one layer per block, cross-attention at both resolutions and in the mid block
+  (about 1.4M parameters for sd1). SDXL-shaped: two text encoders concatenated as context and "text_time"
+  addition embeddings (pooled second-encoder output + 6 size/crop numbers), like SDXL.
+- VAE: AutoencoderKL with 4 latent channels and 2 levels, so the latent is the image downscaled by **2**
+  (a 64×64 image gives a 32×32 latent; real SD models downscale by 8).
+- Text encoders: CLIP with 2 layers, width 32 (SDXL's second: 64), the real 49,408-token vocabulary and
+  the real CLIP BPE tokenizer from the bundled files (pad token per family as in the published models).
+- A CLIP vision tower whose projection width equals the paired text encoder's projection width, for the
+  contrastive stage: it pairs with the last text encoder (clip_l for sd1, clip_h for sd2, clip_g for sdxl).
+
+Everything is deterministic from the seed. `write_tiny_model` writes a diffusers folder and a single-file
+checkpoint in the original layout whose metadata carries the configs, so tests load tiny models through the
+same `load_base_model` paths a user's model takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from clif_core.fileio import save_safetensors_atomic
+from clif_core.models.base import BaseModel
+from clif_core.models.clip_bpe import BPE_DIR, clip_tokenizer
+from clif_core.models.families import get_family
+from clif_core.models.ldm_layout import to_original_state_dict
+from clif_core.models.loader import CONFIGS_METADATA_KEY, assemble_base_model, bundled_configs, scheduler_from_config
+
+TINY_IMAGE_SIZE = 64  # pixels; the tiny VAE downscales by 2
+TINY_VAE_SCALE = 2
+
+_TEXT_WIDTHS = {"sd1": (32,), "sd2": (32,), "sdxl": (32, 64)}
+
+
+@dataclass(frozen=True)
+class TinyPaths:
+    """Where `write_tiny_model` put a tiny model: a diffusers folder, a single file, a vision tower folder."""
+
+    family: str
+    diffusers_dir: Path
+    single_file: Path
+    vision_dir: Path
+
+
+def tiny_configs(family: str) -> dict[str, dict]:
+    """Diffusers/transformers configs of the tiny model of `family`, by component name."""
+    spec = get_family(family)
+    widths = _TEXT_WIDTHS[spec.name]
+    context = sum(widths)
+    unet: dict[str, Any] = {
+        "sample_size": TINY_IMAGE_SIZE // TINY_VAE_SCALE,
+        "in_channels": spec.latent_channels,
+        "out_channels": spec.latent_channels,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": context,
+        "norm_num_groups": 32,
+    }
+    if spec.name == "sd1":
+        unet.update(attention_head_dim=4)
+    else:
+        unet.update(attention_head_dim=[2, 4], use_linear_projection=True)
+    if spec.name == "sd2":
+        unet.update(upcast_attention=True)
+    if spec.name == "sdxl":
+        time_dim = 8
+        unet.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=widths[-1] + 6 * time_dim,
+            transformer_layers_per_block=[1, 1],
+        )
+    vae = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": spec.latent_channels,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+        "sample_size": TINY_IMAGE_SIZE,
+        "scaling_factor": bundled_configs(family)["vae"].get("scaling_factor", 0.18215),
+    }
+    configs = {"unet": unet, "vae": vae, "scheduler": bundled_configs(family)["scheduler"]}
+    for i, (sub, width, pad) in enumerate(zip(spec.encoder_subfolders, widths, spec.text_pad_tokens)):
+        openai_clip = spec.name == "sd1" or (spec.name == "sdxl" and i == 0)
+        configs[sub] = {
+            "vocab_size": 49408,
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu" if openai_clip else "gelu",
+            "projection_dim": width,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 0 if pad == "!" else 49407,
+        }
+    return configs
+
+
+def build_tiny_model(family: str, seed: int = 0) -> BaseModel:
+    """A tiny model of `family` ("sd1", "sd2", "sdxl") with weights drawn from `seed`, on CPU in float32."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    spec = get_family(family)
+    configs = tiny_configs(spec.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        encoders = []
+        for i, sub in enumerate(spec.encoder_subfolders):
+            cls = CLIPTextModelWithProjection if spec.name == "sdxl" and i == 1 else CLIPTextModel
+            encoders.append(cls(CLIPTextConfig(**configs[sub])))
+    tokenizers = [clip_tokenizer(pad) for pad in spec.text_pad_tokens]
+    return assemble_base_model(
+        family=spec.name,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler_from_config(configs["scheduler"]),
+        encoders=encoders,
+        tokenizers=tokenizers,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+def build_tiny_vision_tower(family: str, seed: int = 0) -> Any:
+    """A tiny `CLIPVisionModelWithProjection` (64 px input, 16 px patches) whose projection width equals the
+    projection width of `family`'s last tiny text encoder, with weights drawn from `seed`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    spec = get_family(family)
+    text = tiny_configs(spec.name)[spec.encoder_subfolders[-1]]
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=16,
+        projection_dim=text["projection_dim"],
+        hidden_act=text["hidden_act"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1_000_003)  # independent of the text side drawn from the same seed
+        model = CLIPVisionModelWithProjection(config)
+    return model.eval().requires_grad_(False)
+
+
+def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> TinyPaths:
+    """Write the tiny model of `family` as `out_dir/diffusers/` (a diffusers folder), `out_dir/tiny-<family>.
+    safetensors` (original single-file layout, configs in its metadata) and `out_dir/vision/` (the vision
+    tower and its image processor, a transformers folder). Each is written whole or not at all."""
+    from transformers import CLIPImageProcessor
+
+    spec = get_family(family)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = build_tiny_model(spec.name, seed)
+
+    diffusers_dir = out / "diffusers"
+    with _atomic_dir(diffusers_dir) as tmp:
+        _save_diffusers(base, tmp)
+
+    single_file = out / f"tiny-{spec.name}.safetensors"
+    save_safetensors_atomic(
+        to_original_state_dict(base),
+        single_file,
+        metadata={CONFIGS_METADATA_KEY: json.dumps(component_configs(base), sort_keys=True)},
+    )
+
+    vision_dir = out / "vision"
+    with _atomic_dir(vision_dir) as tmp:
+        build_tiny_vision_tower(spec.name, seed).save_pretrained(tmp)
+        CLIPImageProcessor(
+            size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+        ).save_pretrained(tmp)
+    return TinyPaths(spec.name, diffusers_dir, single_file, vision_dir)
+
+
+def component_configs(base: BaseModel) -> dict[str, dict]:
+    """The configs of a model's components, as `load_base_model` reads them from `clif.diffusers_configs`."""
+    spec = get_family(base.family)
+    configs = {
+        "unet": dict(base.unet.config),
+        "vae": dict(base.vae.config),
+        "scheduler": {"_class_name": type(base.scheduler).__name__, **dict(base.scheduler.config)},
+    }
+    for sub, slot in zip(spec.encoder_subfolders, base.text):
+        configs[sub] = slot.encoder.config.to_dict()
+    return json.loads(json.dumps(configs, default=list))
+
+
+def _save_diffusers(base: BaseModel, folder: Path) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if base.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=base.vae,
+            text_encoder=base.text[0].encoder,
+            text_encoder_2=base.text[1].encoder,
+            tokenizer=base.text[0].tokenizer,
+            tokenizer_2=base.text[1].tokenizer,
+            unet=base.unet,
+            scheduler=base.scheduler,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=base.vae,
+            text_encoder=base.text[0].encoder,
+            tokenizer=base.text[0].tokenizer,
+            unet=base.unet,
+            scheduler=base.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # transformers 5 writes only tokenizer.json; older versions' CLIPTokenizer reads vocab.json + merges.txt.
+    for sub in get_family(base.family).tokenizer_subfolders:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(BPE_DIR / name, folder / sub / name)
+
+
+class _atomic_dir:
+    """Build a folder under a temporary name next to `target`; on success replace `target` with it."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        os.chmod(self.tmp, 0o755)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.target.rename(old)
+            self.tmp.rename(self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp.rename(self.target)

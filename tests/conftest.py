@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny models written once per session, no model hub, no network beyond loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+pytest_plugins = ["tests.comfyui.fixtures"]  # the real-ComfyUI server fixture `comfy_server`
+
+# huggingface_hub reads HF_HUB_OFFLINE when it is first imported, so it is set before any test imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _is_loopback(host) -> bool:
+    if host in ("localhost", "", None):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class NetworkAttempts(list):
+    """Every refused attempt to reach a non-loopback address during a test: (what, address)."""
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch) -> NetworkAttempts:
+    """Hub look-ups off, and any connection or name look-up beyond loopback refused and recorded.
+
+    Recording matters: a library that catches the refusal and falls back would otherwise hide the attempt.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    attempts = NetworkAttempts()
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            attempts.append(("connect", address))
+            raise ConnectionRefusedError(f"test guard: network access to {address!r} is not allowed")
+
+    def connect(sock, address):
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host):
+            attempts.append(("getaddrinfo", host))
+            raise socket.gaierror(socket.EAI_NONAME, f"test guard: name look-up of {host!r} is not allowed")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
+def _tiny(family: str, tmp_path_factory):
+    from clif_core.models.tiny import write_tiny_model
+
+    return write_tiny_model(family, tmp_path_factory.mktemp(f"tiny_{family}"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    """TinyPaths of the tiny SD1.x-shaped model (seed 0): diffusers folder, single file, vision tower."""
+    return _tiny("sd1", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory):
+    """TinyPaths of the tiny SD2.x-shaped model (seed 0, v-prediction)."""
+    return _tiny("sd2", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """TinyPaths of the tiny SDXL-shaped model (seed 0): two text encoders, text_time embeddings."""
+    return _tiny("sdxl", tmp_path_factory)
