@@ -1,0 +1,112 @@
+"""`clif augment`: build the augmented dataset from concept folders on the command line.
+
+    clif augment --concept photos/alice "<alice>" woman "hair,face,dress" \\
+                 --concept photos/bob "<bob>" man \\
+                 --common-dir photos/common --common chef dog "jean jacket" \\
+                 --segmenter sam --sam-checkpoint models/sams/sam_vit_b_01ec64.pth \\
+                 --global 40 --region 40 --mix 20 --single 10 --seed 0 --out datasets/alice_bob
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+from ..errors import ClifError
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `augment` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
+    p = subparsers.add_parser(
+        "augment",
+        help="build CLIF's Global/Region/Mix training set from a few pictures per concept",
+        description="Segment concept pictures and compose the augmented dataset both training stages read.",
+    )
+    p.add_argument(
+        "--concept", nargs="+", action="append", required=True, metavar="ARG",
+        help="FOLDER TOKEN CLASS [PARTS]: a folder of pictures (masks in FOLDER/masks/), its placeholder token, "
+        "its class word, optionally comma-separated part names listed top to bottom. Repeat per concept.",
+    )
+    p.add_argument("--common", nargs="*", default=[], metavar="WORD", help="common concept words (e.g. chef dog)")
+    p.add_argument("--common-dir", help="folder with one subfolder of pictures per common word")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder (once the new one is complete)")
+    p.add_argument("--segmenter", choices=["auto", "sam", "fallback", "masks"], default="auto",
+                   help="auto: SAM when --sam-checkpoint is given, else the weight-free fallback")
+    p.add_argument("--sam-checkpoint", help="segment-anything .pth (vit_b/vit_l/vit_h, detected from the weights)")
+    p.add_argument("--device", default=None, help="device for SAM (default: cuda when available)")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--global", dest="n_global", type=int, default=40, help="Global samples (concept + common)")
+    p.add_argument("--region", dest="n_region", type=int, default=40, help="Region samples (part + common or part)")
+    p.add_argument("--mix", dest="n_mix", type=int, default=20, help="Mix samples (two concepts)")
+    p.add_argument("--single", dest="n_single", type=int, default=10, help="single-concept samples")
+    p.add_argument("--parts", dest="n_parts", type=int, default=4, help="parts per concept when no names are given")
+    p.add_argument("--layout", choices=["left_right", "top_bottom", "both"], default="left_right")
+    p.add_argument("--one-order", action="store_true", help="do not repeat each pair in the swapped slot order")
+    p.add_argument("--min-side", type=int, default=64, help="smallest accepted picture side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+    return p
+
+
+def _segmenter(args: argparse.Namespace) -> Any:
+    from .fallback import FallbackSegmenter
+    from .segment import UserMaskSegmenter
+
+    choice = args.segmenter
+    if choice == "auto":
+        choice = "sam" if args.sam_checkpoint else "fallback"
+    if choice == "sam":
+        if not args.sam_checkpoint:
+            raise ClifError("--segmenter sam needs --sam-checkpoint PATH (a sam_vit_b/l/h .pth file).")
+        from .sam import SamSegmenter
+
+        return SamSegmenter.from_checkpoint(args.sam_checkpoint, device=args.device)
+    if choice == "masks":
+        return UserMaskSegmenter()
+    return FallbackSegmenter()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..concepts.spec import load_concept_folder
+    from ..progress import Reporter
+    from .common import resolve_common
+    from .compose import AugmentConfig
+    from .dataset import build_dataset
+
+    stop = {"requested": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+
+    bar = tqdm(total=1, unit="step", desc="augment")
+
+    def progress(step: int, total: int, preview: Any = None) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    reporter = Reporter(progress=progress, should_stop=lambda: stop["requested"], log=tqdm.write)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        concepts = []
+        for spec in args.concept:
+            if len(spec) not in (3, 4):
+                raise ClifError(f"--concept {' '.join(spec)}: give FOLDER TOKEN CLASS and optionally PARTS (comma-separated).")
+            parts = spec[3].split(",") if len(spec) == 4 else ()
+            concepts.append(load_concept_folder(spec[0], spec[1], spec[2], parts=parts, min_side=args.min_side, reporter=reporter))
+        common = resolve_common(args.common, folder=args.common_dir, min_side=args.min_side, reporter=reporter) \
+            if (args.common or args.common_dir) else []
+        config = AugmentConfig(
+            resolution=args.resolution, n_global=args.n_global, n_region=args.n_region, n_mix=args.n_mix,
+            n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=not args.one_order,
+            seed=args.seed,
+        )
+        build_dataset(concepts, args.out, config, _segmenter(args), common, reporter=reporter, overwrite=args.overwrite)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    return 0

@@ -1,0 +1,340 @@
+"""The augmented dataset on disk: build it (atomically), read it back, preview it.
+
+Layout (a Hugging Face `imagefolder` under train/, so `datasets.load_dataset("imagefolder",
+data_dir=OUT/"train")` reads images and captions as well)::
+
+    OUT/manifest.json             format, version, config, concepts, common words, segmenter, counts
+    OUT/train/metadata.jsonl      one JSON object per image (see SampleRecord)
+    OUT/train/images/000000.png
+    OUT/masks/000000_left.png     one mask per slot (white = the slot's item), outside train/ so that
+                                  imagefolder does not take masks for images
+
+Everything is written into a temporary sibling folder and renamed into place at the end, so a crash
+or a cancel leaves any previous dataset untouched. Files carry no time stamps and PNG encoding is
+deterministic: the same inputs and seed give a bit-identical folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..concepts.spec import Concept, validate_concepts
+from ..errors import ClifError
+from ..progress import SILENT, Reporter
+from .common import CommonConcept
+from .compose import AugmentConfig, Composite, ItemBank, check_requirements, compose, plan_size
+from .segment import Segmenter, segment_concept_image, segment_whole
+
+FORMAT = "clif-augmented-dataset"
+VERSION = 1
+SPLIT = "train"
+
+
+@dataclass
+class SlotRecord:
+    """One slot of a sample. `source` is "concept" or "common"; `name` the concept name or common word;
+    `token` the concept's placeholder (None for common words); `part` the part name for Region items;
+    `text` what the caption says for this slot; `source_index` which input picture it was cut from;
+    `box` (x0, y0, x1, y1) on the canvas; `mask` a path relative to the metadata file."""
+
+    slot: str
+    source: str
+    name: str
+    text: str
+    box: list[int]
+    mask: str
+    token: Optional[str] = None
+    part: Optional[str] = None
+    source_index: int = 0
+
+
+@dataclass
+class SampleRecord:
+    """One line of metadata.jsonl. `kind`: "G", "R", "M" or "single". `group`: samples drawn together
+    (the same pair in both slot orders) share it, which gives stage 1 its hard negatives."""
+
+    file_name: str
+    caption: str
+    kind: str
+    layout: str
+    group: int
+    slots: list[SlotRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("file_name", "caption", "kind", "layout", "group")}
+        d["slots"] = [vars(s) for s in self.slots]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SampleRecord":
+        return cls(
+            file_name=d["file_name"], caption=d["caption"], kind=d["kind"], layout=d["layout"],
+            group=int(d["group"]), slots=[SlotRecord(**s) for s in d["slots"]],
+        )
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    image.save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def build_dataset(
+    concepts: Sequence[Concept],
+    out_dir: str | Path,
+    config: AugmentConfig,
+    segmenter: Segmenter,
+    common: Sequence[CommonConcept] = (),
+    reporter: Reporter = SILENT,
+    overwrite: bool = False,
+) -> Path:
+    """Segment the inputs, compose every sample and write the dataset folder atomically; returns its path.
+
+    Progress: one step per segmented picture, then one per sample (the preview is the sample).
+    An existing `out_dir` is only replaced with `overwrite=True`, and only once the new one is complete.
+    """
+    out = Path(out_dir)
+    config.check()
+    validate_concepts(concepts)
+    words = [c.word for c in common]
+    clash = [c.token for c in concepts if c.token in words]
+    if clash:
+        raise ClifError(f"placeholder token(s) {clash} are also common words; use a new word for each concept's token.")
+    if out.exists() and not overwrite:
+        raise ClifError(f"dataset folder {out} already exists; choose another folder or allow overwriting it.")
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise ClifError(f"{out} exists and is not a dataset folder (no manifest.json); it is left alone. Choose another folder.")
+
+    n_pictures = sum(len(c.images) for c in concepts) + sum(len(c.images) for c in common)
+    total = n_pictures + plan_size(config)
+    step = 0
+
+    def tick(preview: Optional[Image.Image] = None) -> None:
+        nonlocal step
+        step += 1
+        reporter.progress(step, total, preview)
+
+    segs = []
+    for c in concepts:
+        per = []
+        for i in range(len(c.images)):
+            reporter.check_cancel()
+            per.append(segment_concept_image(c, i, segmenter, n_parts=config.n_parts))
+            tick()
+        segs.append(per)
+    common_masks = []
+    for cc in common:
+        masks = []
+        for img, m, src in zip(cc.images, cc.masks, cc.sources):
+            reporter.check_cancel()
+            masks.append(segment_whole(img, m, src, segmenter))
+            tick()
+        common_masks.append(masks)
+    bank = ItemBank.build(concepts, segs, common, common_masks, config.templates)
+    check_requirements(config, concepts, bank)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (tmp / SPLIT / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        lines = []
+        counts = {k: 0 for k in config.counts()}
+        for index, comp in enumerate(compose(bank, config)):
+            reporter.check_cancel()
+            lines.append(json.dumps(_write_sample(tmp, index, comp).to_json(), ensure_ascii=False, sort_keys=True))
+            counts[comp.kind] += 1
+            tick(comp.image)
+        (tmp / SPLIT / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "seed": config.seed,
+            "config": config.to_dict(),
+            "segmenter": segmenter.describe(),
+            "concepts": [
+                {
+                    "name": c.name, "token": c.token, "class_word": c.class_word, "parts": list(c.parts),
+                    "part_names": sorted({n for s in seg for n in s.part_names}),
+                    "images": [Path(s).name for s in c.sources],
+                }
+                for c, seg in zip(concepts, segs)
+            ],
+            "common": [{"word": cc.word, "images": len(cc.images)} for cc in common],
+            "counts": counts,
+            "n_samples": len(lines),
+            "split": SPLIT,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        _move_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    reporter.log(f"wrote {len(lines)} samples ({', '.join(f'{k}: {v}' for k, v in counts.items())}) to {out}")
+    return out
+
+
+def _write_sample(root: Path, index: int, comp: Composite) -> SampleRecord:
+    stem = f"{index:06d}"
+    file_name = f"images/{stem}.png"
+    _save_png(comp.image, root / SPLIT / file_name)
+    record = SampleRecord(file_name, comp.caption, comp.kind, comp.layout, comp.group)
+    for s in comp.slots:
+        mask_rel = f"masks/{stem}_{s.slot}.png"
+        _save_png(Image.fromarray(s.mask.astype(np.uint8) * 255, "L"), root / mask_rel)
+        it = s.item
+        record.slots.append(
+            SlotRecord(
+                slot=s.slot, source=it.source, name=it.name, text=it.text, box=list(s.box), mask=f"../{mask_rel}",
+                token=it.token, part=it.part, source_index=it.source_index,
+            )
+        )
+    return record
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder onto `out`; an old dataset there is removed only after the swap."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Sample:
+    """`image`: float32 [3, H, W] in 0..1. `masks`: bool [n_slots, H, W] in slot order."""
+
+    image: Any
+    caption: str
+    kind: str
+    masks: Any
+    record: SampleRecord
+
+
+class AugmentedDataset:
+    """A built dataset: `len()`, indexing gives `Sample`s (a torch map-style dataset)."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], records: list[SampleRecord]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.records = records
+
+    @property
+    def config(self) -> AugmentConfig:
+        return AugmentConfig.from_dict(self.manifest["config"])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, i: int) -> Path:
+        return self.root / SPLIT / self.records[i].file_name
+
+    def mask_paths(self, i: int) -> list[Path]:
+        return [(self.root / SPLIT / s.mask).resolve() for s in self.records[i].slots]
+
+    def load_image(self, i: int) -> Image.Image:
+        with Image.open(self.image_path(i)) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int) -> Sample:
+        import torch
+
+        if i < 0:
+            i += len(self)
+        rec = self.records[i]
+        image = torch.from_numpy(np.asarray(self.load_image(i), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        masks = []
+        for path in self.mask_paths(i):
+            with Image.open(path) as im:
+                masks.append(np.asarray(im.convert("L")) > 127)
+        return Sample(image, rec.caption, rec.kind, torch.from_numpy(np.stack(masks)), rec)
+
+    def indices(self, kinds: Sequence[str]) -> list[int]:
+        return [i for i, r in enumerate(self.records) if r.kind in kinds]
+
+
+def load_dataset(folder: str | Path) -> AugmentedDataset:
+    """Open a dataset folder made by `build_dataset`; checks the format, the version and every file."""
+    root = Path(folder)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise ClifError(f"{root} is not an augmented dataset: {manifest_path.name} is missing. Build it with the Augment step.")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ClifError(f"{manifest_path} cannot be read ({exc}); build the dataset again.") from exc
+    if manifest.get("format") != FORMAT:
+        raise ClifError(f"{manifest_path} has format {manifest.get('format')!r}, not {FORMAT!r}.")
+    if manifest.get("version") != VERSION:
+        raise ClifError(
+            f"{manifest_path} is dataset version {manifest.get('version')}, this pack reads version {VERSION}; "
+            f"build the dataset again with this version."
+        )
+    meta = root / SPLIT / "metadata.jsonl"
+    if not meta.is_file():
+        raise ClifError(f"dataset {root} is incomplete: {meta} is missing. Build it again.")
+    records = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(SampleRecord.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClifError(f"{meta} line {n} is not a valid sample record ({exc}); build the dataset again.") from exc
+    ds = AugmentedDataset(root, manifest, records)
+    missing = [str(p) for i in range(len(ds)) for p in [ds.image_path(i), *ds.mask_paths(i)] if not p.is_file()]
+    if missing:
+        raise ClifError(f"dataset {root} is incomplete: {len(missing)} file(s) missing, e.g. {missing[:3]}. Build it again.")
+    return ds
+
+
+# ------------------------------------------------------------------------------------------- preview
+
+
+def preview_grid(dataset: AugmentedDataset, n: int = 8, columns: int = 4, cell: int = 256) -> Image.Image:
+    """`n` samples spread over the dataset (so every kind shows), each with its kind and caption below."""
+    if len(dataset) == 0:
+        raise ClifError(f"dataset {dataset.root} has no samples to preview.")
+    n = max(1, min(n, len(dataset)))
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(dataset) - 1, n)})
+    try:
+        font = ImageFont.load_default(size=max(10, cell // 18))
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    char_w = max(1.0, probe.textlength("abcdefghijklmnopqrstuvwxyz", font=font) / 26)
+    width_chars = max(8, int((cell - 8) / char_w))
+    texts = [textwrap.wrap(f"[{dataset.records[i].kind}] {dataset.records[i].caption}", width_chars) for i in picks]
+    line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
+    text_h = max(len(t) for t in texts) * line_h + 6
+    columns = max(1, min(columns, len(picks)))
+    rows = (len(picks) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * cell, rows * (cell + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for k, (i, lines) in enumerate(zip(picks, texts)):
+        x, y = (k % columns) * cell, (k // columns) * (cell + text_h)
+        thumb = dataset.load_image(i)
+        thumb.thumbnail((cell, cell), Image.LANCZOS)
+        grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 200, 200))
+        for j, line in enumerate(lines):
+            draw.text((x + 4, y + cell + 3 + j * line_h), line, fill=(0, 0, 0), font=font)
+    return grid
