@@ -90,18 +90,24 @@ def _one_denoise(base, prompt="a photo of a cat"):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_cpu_forward_at_64px_is_well_under_a_second(family):
+    from torch.utils.flop_counter import FlopCounterMode
+
     base = build_tiny_model(family)
     with torch.no_grad():
-        _one_denoise(base)  # warm-up
-        timings = []
-        for _ in range(3):
-            start = time.perf_counter()
+        with FlopCounterMode(display=False) as counter:
             latent, noise_pred, decoded = _one_denoise(base)
+        timings = []
+        for _ in range(5):
+            start = time.perf_counter()
+            _one_denoise(base)
             timings.append(time.perf_counter() - start)
     assert latent.shape == noise_pred.shape == (1, 4, TINY_IMAGE_SIZE // 2, TINY_IMAGE_SIZE // 2)
     assert decoded.shape == (1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     assert torch.isfinite(decoded).all()
-    assert min(timings) < 1.0, timings  # about 0.1 s on an idle 2-core machine
+    # Text encoders + VAE encode + one UNet step + VAE decode: about 2.8 GFLOP, about 0.1 s on an idle
+    # 2-core machine. The FLOP budget is the deterministic check; the clock is loose for busy CI machines.
+    assert counter.get_total_flops() < 4e9
+    assert min(timings) < 2.0, timings
 
 
 @pytest.mark.parametrize("family,paired", [("sd1", "clip_l"), ("sdxl", "clip_g")])
