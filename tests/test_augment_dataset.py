@@ -14,7 +14,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from clif_core.augment import cli as augment_cli
-from clif_core.augment.common import CommonConcept, generate_common, load_common_folder, resolve_common
+from clif_core.augment.common import (
+    CommonConcept,
+    generate_common,
+    load_common_folder,
+    resolve_common,
+)
 from clif_core.augment.compose import AugmentConfig, CaptionTemplates
 from clif_core.augment.dataset import build_dataset, load_dataset, preview_grid
 from clif_core.augment.fallback import FallbackSegmenter
@@ -359,3 +364,12 @@ def test_cli_builds_a_dataset_from_folders(tmp_path, concepts, common):
                                "--out", str(tmp_path / "o3")])
     with pytest.raises(ClifError, match=r"--segmenter sam needs --sam-checkpoint"):
         nosam.func(nosam)
+
+
+def test_a_part_list_that_the_picture_cannot_fill_is_reported(tmp_path, concepts, common):
+    lines: list[str] = []
+    four = Concept("alice", "<alice>", "woman", concepts[0].images[:1], parts=["hat", "hair", "dress", "shoes"])
+    ds = load_dataset(build_dataset([four], tmp_path / "n", _config(n_mix=0), FallbackSegmenter(), common,
+                                    reporter=Reporter(log=lines.append)))
+    assert any("gave 2 part region(s) for the 4 part names" in line and "upper part, lower part" in line for line in lines)
+    assert {s.part for r in ds.records if r.kind == "R" for s in r.slots if s.part} == {"upper part", "lower part"}

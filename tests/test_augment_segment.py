@@ -12,7 +12,13 @@ from PIL import Image, ImageDraw
 
 from clif_core.augment.fallback import FallbackSegmenter
 from clif_core.augment.parts import describe_parts
-from clif_core.augment.sam import SamOptions, SamSegmenter, detect_sam_variant, load_sam, read_sam_state_dict
+from clif_core.augment.sam import (
+    SamOptions,
+    SamSegmenter,
+    detect_sam_variant,
+    load_sam,
+    read_sam_state_dict,
+)
 from clif_core.augment.segment import UserMaskSegmenter, segment_concept
 from clif_core.concepts.spec import Concept
 from clif_core.errors import ClifError
@@ -73,7 +79,7 @@ def test_fallback_keeps_one_colour_regions_whole_even_when_more_parts_are_asked_
 
 
 def test_fallback_prompt_box_limits_the_search():
-    image, whole, head, _ = _scene("light")
+    image, whole, _, _ = _scene("light")
     d = ImageDraw.Draw(image)
     d.rectangle((200, 200, 240, 240), fill=(0, 200, 0))  # a second object outside the box
     seg = FallbackSegmenter().segment(image, prompt_box=(40, 10, 160, 240), n_parts=0)
@@ -144,7 +150,13 @@ def test_mask_only_backend():
 
 def _tiny_sam(img_size: int = 64, dim: int = 32):
     """segment-anything's own modules at toy size: a 2-block ViT on 64 px inputs, random weights."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     torch.manual_seed(0)
     grid = img_size // 16

@@ -21,8 +21,6 @@ from clif_core.concepts.spec import (
 from clif_core.errors import ClifError
 from clif_core.progress import Reporter
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def _figure(size=(96, 80), bg=(240, 240, 240), fg=(200, 30, 30)) -> Image.Image:
     img = Image.new("RGB", size, bg)

@@ -178,9 +178,16 @@ class Composite:
     slots: list[Slot]
 
 
-def _cutout(image: Image.Image, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+def _cutout(image: Image.Image, mask: np.ndarray, max_side: int) -> tuple[Image.Image, np.ndarray]:
+    """Crop to the mask's box; shrink to at most `max_side` (no slot is larger) so each paste resizes less."""
     x0, y0, x1, y1 = mask_box(mask)
-    return image.crop((x0, y0, x1, y1)), mask[y0:y1, x0:x1]
+    crop, m = image.crop((x0, y0, x1, y1)), mask[y0:y1, x0:x1]
+    w, h = crop.size
+    if max(w, h) > max_side:
+        size = (max(1, round(w * max_side / max(w, h))), max(1, round(h * max_side / max(w, h))))
+        crop = crop.resize(size, Image.LANCZOS)
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) > 127
+    return crop, m
 
 
 @dataclass
@@ -199,16 +206,17 @@ class ItemBank:
         commons: Sequence[CommonConcept],
         common_masks: Sequence[Sequence[np.ndarray]],
         templates: CaptionTemplates,
+        max_side: int,
     ) -> "ItemBank":
         wholes, parts = [], []
         for c, segs in zip(concepts, segmentations):
             w_items, p_items = [], []
             for i, (img, seg) in enumerate(zip(c.images, segs)):
-                crop, m = _cutout(img, seg.mask)
+                crop, m = _cutout(img, seg.mask, max_side)
                 text = templates.concept.format(token=c.token, class_word=c.class_word)
                 w_items.append(Item(crop, m, "concept", c.name, text, token=c.token, source_index=i))
                 for pm, pname in zip(seg.parts, seg.part_names):
-                    crop, m = _cutout(img, pm)
+                    crop, m = _cutout(img, pm, max_side)
                     text = templates.part.format(token=c.token, part=pname, class_word=c.class_word)
                     p_items.append(Item(crop, m, "concept", c.name, text, token=c.token, part=pname, source_index=i))
             wholes.append(w_items)
@@ -217,7 +225,7 @@ class ItemBank:
         for cc, masks in zip(commons, common_masks):
             items = []
             for i, (img, m) in enumerate(zip(cc.images, masks)):
-                crop, cm = _cutout(img, m)
+                crop, cm = _cutout(img, m, max_side)
                 items.append(Item(crop, cm, "common", cc.word, templates.common.format(word=cc.word), source_index=i))
             common_items.append(items)
         return cls(wholes, parts, common_items)

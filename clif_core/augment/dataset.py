@@ -32,7 +32,14 @@ from ..concepts.spec import Concept, validate_concepts
 from ..errors import ClifError
 from ..progress import SILENT, Reporter
 from .common import CommonConcept
-from .compose import AugmentConfig, Composite, ItemBank, check_requirements, compose, plan_size
+from .compose import (
+    AugmentConfig,
+    Composite,
+    ItemBank,
+    check_requirements,
+    compose,
+    plan_size,
+)
 from .segment import Segmenter, segment_concept_image, segment_whole
 
 FORMAT = "clif-augmented-dataset"
@@ -84,7 +91,8 @@ class SampleRecord:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    image.save(path, format="PNG", optimize=False, compress_level=6)
+    # Level 1 encodes ~3x faster than the default 6 (it dominated the build time); files ~25% larger.
+    image.save(path, format="PNG", optimize=False, compress_level=1)
 
 
 def build_dataset(
@@ -127,7 +135,13 @@ def build_dataset(
         per = []
         for i in range(len(c.images)):
             reporter.check_cancel()
-            per.append(segment_concept_image(c, i, segmenter, n_parts=config.n_parts))
+            seg = segment_concept_image(c, i, segmenter, n_parts=config.n_parts)
+            if c.parts and seg.parts and not c.part_masks[i] and len(seg.parts) != len(c.parts):
+                reporter.log(
+                    f"note: concept {c.name!r}: {c.sources[i]} gave {len(seg.parts)} part region(s) for the "
+                    f"{len(c.parts)} part names {c.parts}; generic names ({', '.join(seg.part_names)}) are used for it."
+                )
+            per.append(seg)
             tick()
         segs.append(per)
     common_masks = []
@@ -138,7 +152,7 @@ def build_dataset(
             masks.append(segment_whole(img, m, src, segmenter))
             tick()
         common_masks.append(masks)
-    bank = ItemBank.build(concepts, segs, common, common_masks, config.templates)
+    bank = ItemBank.build(concepts, segs, common, common_masks, config.templates, config.resolution)
     check_requirements(config, concepts, bank)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +203,7 @@ def _write_sample(root: Path, index: int, comp: Composite) -> SampleRecord:
     record = SampleRecord(file_name, comp.caption, comp.kind, comp.layout, comp.group)
     for s in comp.slots:
         mask_rel = f"masks/{stem}_{s.slot}.png"
-        _save_png(Image.fromarray(s.mask.astype(np.uint8) * 255, "L"), root / mask_rel)
+        _save_png(Image.fromarray(s.mask.astype(bool)), root / mask_rel)  # 1-bit PNG
         it = s.item
         record.slots.append(
             SlotRecord(

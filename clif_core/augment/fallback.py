@@ -24,7 +24,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 
-from .parts import lab_image, merge_regions, superpixels
+from .parts import lab_image, merge_regions, superpixels_fast
 from .segment import Box, Segmentation, SegmentationFailed, check_box
 
 
@@ -103,5 +103,5 @@ class FallbackSegmenter:
         return centres[keep] if keep.any() else centres[[int(np.argmax(share))]]
 
     def parts(self, rgb: np.ndarray, lab: np.ndarray, mask: np.ndarray, k: int) -> list[np.ndarray]:
-        labels = superpixels(rgb, mask, n_segments=k * self.segments_per_part)
+        labels = superpixels_fast(rgb, mask, n_segments=k * self.segments_per_part)
         return merge_regions(labels, lab, k)

@@ -313,7 +313,7 @@ def load_concept_folder(
     if orphans:
         reporter.log(
             f"warning: {len(orphans)} file(s) in {mask_dir} match no image and were ignored: " + ", ".join(orphans)
-            + f". A mask is named after its image: masks/<image stem>.png or masks/<image stem>.<part>.png."
+            + ". A mask is named after its image: masks/<image stem>.png or masks/<image stem>.<part>.png."
         )
     if not parts:
         found: list[str] = []
