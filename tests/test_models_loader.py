@@ -216,6 +216,7 @@ def test_bad_paths_and_incomplete_folders(tiny_sd1, tmp_path):
     shutil.rmtree(partial / "vae")
     with pytest.raises(ClifError, match="no vae/ folder"):
         load_base_model(partial, device="cpu")
+    shutil.copytree(tiny_sd1.diffusers_dir / "vae", partial / "vae")
     (partial / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"oops")
     with pytest.raises(ClifError, match=r"unet: could not be loaded"):
         load_base_model(partial, device="cpu")
@@ -256,3 +257,24 @@ def test_legacy_eos_token_id_is_fixed_so_added_tokens_do_not_pool(tiny_sd1, tmp_
     out = slot.encoder(ids)
     eos_position = int((ids[0] == 49407).nonzero()[0])
     assert torch.equal(out.pooler_output[0], out.last_hidden_state[0, eos_position])
+
+
+def test_published_style_tokenizer_folders_load(tiny_sdxl, tmp_path):
+    """Hub SD repos ship vocab.json + merges.txt + tokenizer_config.json (no tokenizer.json)."""
+    from clif_core.models.clip_bpe import BPE_DIR
+    from clif_core.models.families import CONFIGS_DIR
+
+    folder = tmp_path / "published_style"
+    shutil.copytree(tiny_sdxl.diffusers_dir, folder)
+    for sub in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(folder / sub)
+        shutil.copytree(CONFIGS_DIR / "sdxl_base" / sub, folder / sub)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(BPE_DIR / name, folder / sub / name)
+    base = load_base_model(folder, device="cpu")
+    assert [s.tokenizer.pad_token for s in base.text] == ["<|endoftext|>", "!"]
+    for slot in base.text:
+        ids = slot.tokenizer("a photo of a cat", padding="max_length", max_length=9).input_ids
+        assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407]
+        assert ids[7:] == [slot.tokenizer.pad_token_id] * 2
+    assert base.fingerprint == load_base_model(tiny_sdxl.single_file, device="cpu").fingerprint
