@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.comfyui.rig import ExecutionFailed, PromptRejected
+from tests.comfyui.rig import ExecutionFailed, ExecutionInterrupted, PromptRejected
 
 pytestmark = pytest.mark.comfy
 
@@ -51,3 +54,34 @@ def test_failed_node_reports_execution_error_and_server_serves_next_prompt(comfy
     [saved] = comfy_server.output_files(entry)
     assert saved.is_file() and saved.parent == comfy_server.output_dir / "rig"
     assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), pixels)
+
+
+def test_interrupt_stops_a_long_sampling_run(comfy_server, tiny_sd1):
+    """A 10,000-step KSampler on the tiny model is cut short by interrupt() and reported as interrupted."""
+    shutil.copy(tiny_sd1.single_file, comfy_server.models_dir / "checkpoints" / "rig-tiny-sd1.safetensors")
+    graph = {
+        "1": {"class_type": "CLIFLoadBaseModel", "inputs": {"base_model": "checkpoints/rig-tiny-sd1.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 2], "text": "a red dog"}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 1], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0], "seed": 1,
+            "steps": 10000, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 3]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    log_start = comfy_server.log_size()
+    prompt_id = comfy_server.submit(graph)
+    deadline = time.monotonic() + 90
+    while "/10000 [" not in comfy_server.log_text(log_start):  # the sampler's progress bar has started
+        assert time.monotonic() < deadline, "the sampler never started"
+        if comfy_server.history(prompt_id) is not None:  # ended early: wait() raises its error
+            comfy_server.wait(prompt_id, timeout=1)
+            pytest.fail("the 10,000-step prompt finished before it could be interrupted")
+        time.sleep(0.1)
+    began = time.monotonic()
+    comfy_server.interrupt(prompt_id)
+    with pytest.raises(ExecutionInterrupted) as caught:
+        comfy_server.wait(prompt_id, timeout=60)
+    assert caught.value.details["node_type"] == "KSampler"
+    assert time.monotonic() - began < 30
+    assert comfy_server.running_prompt_ids() == []

@@ -333,6 +333,10 @@ class ComfyServer:
         """submit + wait."""
         return self.wait(self.submit(prompt), timeout)
 
+    def running_prompt_ids(self) -> list[str]:
+        """Prompts the server is executing right now (GET /queue, queue_running)."""
+        return [item[1] for item in self._request("GET", "/queue")["queue_running"]]
+
     def interrupt(self, prompt_id: Optional[str] = None) -> None:
         """Interrupt the running prompt (only `prompt_id`, if given)."""
         self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
