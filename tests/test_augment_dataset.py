@@ -237,8 +237,10 @@ def test_requests_that_the_inputs_cannot_satisfy(tmp_path, concepts, common):
         build_dataset([Concept("c", "chef", "man", concepts[1].images)], tmp_path / "x", _config(), seg, common)
     with pytest.raises(ClifError, match=r"caption template pair_left_right = 'a photo of \{first\}' must contain \{second\}"):
         build_dataset(concepts, tmp_path / "x", _config(templates=CaptionTemplates(pair_left_right="a photo of {first}")), seg, common)
-    with pytest.raises(ClifError, match=r"caption template part = .* is not valid"):
+    with pytest.raises(ClifError, match=r"caption template part = .* is not valid .*may use only \{token\}, \{part\}, \{class_word\}"):
         build_dataset(concepts, tmp_path / "x", _config(templates=CaptionTemplates(part="{token} {part} {colour}")), seg, common)
+    with pytest.raises(ClifError, match=r"caption template single = .* is not valid"):
+        build_dataset(concepts, tmp_path / "x", _config(templates=CaptionTemplates(single="{first} {class_word}")), seg, common)
     with pytest.raises(ClifError, match=r"layout 'diagonal' is unknown"):
         build_dataset(concepts, tmp_path / "x", _config(layout="diagonal"), seg, common)
     with pytest.raises(ClifError, match=r"every sample count is 0"):

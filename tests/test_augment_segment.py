@@ -86,6 +86,17 @@ def test_fallback_prompt_box_limits_the_search():
     assert _iou(seg.mask, whole) >= 0.9 and not seg.mask[200:240, 200:240].any()
     with pytest.raises(ClifError, match=r"prompt box .* does not overlap"):
         FallbackSegmenter().segment(image, prompt_box=(300, 300, 400, 400))
+    # a point on the subject keeps its component and drops the other object
+    pointed = FallbackSegmenter().segment(image, prompt_points=[(100, 150)], n_parts=0)
+    assert _iou(pointed.mask, whole) >= 0.9 and not pointed.mask[200:240, 200:240].any()
+    other = FallbackSegmenter().segment(image, prompt_points=[(220, 220)], n_parts=0)
+    assert other.mask[205:235, 205:235].all() and not (other.mask & whole).any()
+    with pytest.raises(ClifError, match=r"only backdrop under the prompt point\(s\)"):
+        FallbackSegmenter().segment(image, prompt_points=[(5, 5)])
+    with pytest.raises(ClifError, match=r"prompt point\(s\) \[\(220, 220\)\] must lie inside the prompt box"):
+        FallbackSegmenter().segment(image, prompt_box=(40, 10, 160, 240), prompt_points=[(220, 220)])
+    with pytest.raises(ClifError, match=r"prompt point\(s\) \[\(999, 5\)\] lie outside the 256x256 image"):
+        FallbackSegmenter().segment(image, prompt_points=[(999, 5)])
 
 
 def test_fallback_failure_names_the_picture():
@@ -108,6 +119,12 @@ def test_user_masks_always_win():
     c2 = Concept("ann", "<ann>", "woman", [image], masks=[whole], parts=["head", "body"], part_masks=[{"body": body, "head": head}])
     seg = segment_concept(c2, FallbackSegmenter())[0]
     assert seg.part_names == ["head", "body"] and np.array_equal(seg.parts[0], head) and np.array_equal(seg.parts[1], body)
+    hat = np.zeros_like(whole)
+    hat[2:20, 80:120] = True  # above the head, where the backend sees backdrop
+    c_hat = Concept("ann", "<ann>", "woman", [image], part_masks=[{"hat": hat, "head": head}])
+    seg = segment_concept(c_hat, FallbackSegmenter())[0]
+    assert np.array_equal(seg.parts[0], hat) and np.array_equal(seg.mask, seg.mask | hat)
+    assert _iou(seg.mask, whole | hat) >= 0.9
     outside = np.zeros_like(whole)
     outside[0:5, 0:5] = True
     c3 = Concept("ann", "<ann>", "woman", [image], masks=[whole], part_masks=[{"hat": outside}], sources=["a.png"])
@@ -201,6 +218,8 @@ def test_tiny_sam_segments_through_predictor_and_automatic_generator():
 
     boxed = sam.segment(image, prompt_box=(20, 5, 80, 120), n_parts=0)
     assert boxed.mask.shape == (128, 128) and boxed.parts == []
+    pointed = sam.segment(image, prompt_points=[(50, 60), (50, 20)], n_parts=0)
+    assert pointed.mask.shape == (128, 128) and pointed.mask.dtype == bool
     user = sam.segment(image, mask=whole, n_parts=2)
     assert np.array_equal(user.mask, whole) and all(not (p & ~whole).any() for p in user.parts)
     assert sam.describe() == "sam(tiny)"

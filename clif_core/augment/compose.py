@@ -41,27 +41,27 @@ class CaptionTemplates:
     common: str = "{word}"
 
     def check(self) -> None:
-        needs = {
-            "pair_left_right": ("{first}", "{second}"),
-            "pair_top_bottom": ("{first}", "{second}"),
-            "single": ("{first}",),
-            "concept": ("{token}",),
-            "part": ("{token}", "{part}"),
-            "common": ("{word}",),
+        # template name -> (placeholders it must contain, placeholders it may contain)
+        spec = {
+            "pair_left_right": (("first", "second"), ()),
+            "pair_top_bottom": (("first", "second"), ()),
+            "single": (("first",), ()),
+            "concept": (("token",), ("class_word",)),
+            "part": (("token", "part"), ("class_word",)),
+            "common": (("word",), ()),
         }
-        allowed = {"first", "second", "token", "part", "word", "class_word"}
-        for name, required in needs.items():
+        for name, (required, optional) in spec.items():
             text = getattr(self, name)
-            for r in required:
-                if r not in text:
-                    raise ClifError(f"caption template {name} = {text!r} must contain {r}.")
+            for key in required:
+                if "{" + key + "}" not in text:
+                    raise ClifError(f"caption template {name} = {text!r} must contain {{{key}}}.")
+            allowed = required + optional
             try:
                 text.format(**{k: "" for k in allowed})
             except (KeyError, IndexError, ValueError) as exc:
                 raise ClifError(
-                    f"caption template {name} = {text!r} is not valid: {exc!r}. Use only "
-                    + ", ".join("{" + a + "}" for a in sorted(allowed))
-                    + "."
+                    f"caption template {name} = {text!r} is not valid ({exc!r}); it may use only "
+                    + ", ".join("{" + k + "}" for k in allowed) + "."
                 ) from exc
 
 

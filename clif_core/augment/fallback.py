@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 
+from ..errors import ClifError
 from .parts import lab_image, merge_regions, superpixels_fast
-from .segment import Box, Segmentation, SegmentationFailed, check_box
+from .segment import (
+    Box,
+    Point,
+    Segmentation,
+    SegmentationFailed,
+    check_box,
+    check_points,
+)
 
 
 @dataclass
@@ -43,23 +51,30 @@ class FallbackSegmenter:
         return f"fallback(border={self.border}, min_contrast={self.min_contrast})"
 
     def segment(
-        self, image: Image.Image, prompt_box: Optional[Box] = None, mask: Optional[np.ndarray] = None, n_parts: int = 4
+        self,
+        image: Image.Image,
+        prompt_box: Optional[Box] = None,
+        mask: Optional[np.ndarray] = None,
+        n_parts: int = 4,
+        prompt_points: Optional[Sequence[Point]] = None,
     ) -> Segmentation:
         rgb = np.asarray(image.convert("RGB"))
         lab = lab_image(rgb)
         if mask is None:
-            box = check_box(prompt_box, image.size)
-            if box is None:
-                mask = self.foreground(lab)
-            else:
-                x0, y0, x1, y1 = box
-                mask = np.zeros(rgb.shape[:2], dtype=bool)
-                mask[y0:y1, x0:x1] = self.foreground(lab[y0:y1, x0:x1])
+            box = check_box(prompt_box, image.size) or (0, 0, image.size[0], image.size[1])
+            points = check_points(prompt_points, image.size)
+            x0, y0, x1, y1 = box
+            if points and any(not (x0 <= x < x1 and y0 <= y < y1) for x, y in points):
+                raise ClifError(f"prompt point(s) {points} must lie inside the prompt box {box}.")
+            local = [(x - x0, y - y0) for x, y in points] if points else None
+            mask = np.zeros(rgb.shape[:2], dtype=bool)
+            mask[y0:y1, x0:x1] = self.foreground(lab[y0:y1, x0:x1], local)
         mask = mask.astype(bool)
         parts = self.parts(rgb, lab, mask, n_parts) if n_parts > 0 else []
         return Segmentation(mask=mask, parts=parts)
 
-    def foreground(self, lab: np.ndarray) -> np.ndarray:
+    def foreground(self, lab: np.ndarray, points: Optional[list[Point]] = None) -> np.ndarray:
+        """The subject: components under `points` when given, else the large components."""
         h, w = lab.shape[:2]
         b = max(2, int(round(min(h, w) * self.border)))
         strip = np.ones((h, w), dtype=bool)
@@ -80,8 +95,15 @@ class FallbackSegmenter:
                 "shows no subject the fallback segmenter can tell from its background (too little contrast). "
                 "Give a mask (masks/<stem>.png or a transparent PNG) or use the 'sam' segmenter."
             )
-        sizes = np.bincount(labels.ravel())[1:]
-        keep = np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1
+        if points:
+            keep = sorted({int(labels[y, x]) for x, y in points} - {0})
+            if not keep:
+                raise SegmentationFailed(
+                    "has only backdrop under the prompt point(s); put them on the subject or give a mask."
+                )
+        else:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = list(np.flatnonzero(sizes >= self.keep_fraction * sizes.max()) + 1)
         fg = np.isin(labels, keep)
         if fg.mean() > 0.98:
             raise SegmentationFailed(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,15 @@ from PIL import Image
 
 from ..errors import ClifError
 from .parts import lab_image, merge_regions, superpixels
-from .segment import Box, Segmentation, SegmentationFailed, check_box, mask_box
+from .segment import (
+    Box,
+    Point,
+    Segmentation,
+    SegmentationFailed,
+    check_box,
+    check_points,
+    mask_box,
+)
 
 # embed width of the image encoder and its number of blocks, per official variant
 SAM_VARIANTS = {"vit_b": (768, 12), "vit_l": (1024, 24), "vit_h": (1280, 32)}
@@ -107,8 +115,8 @@ class SamOptions:
 
 
 class SamSegmenter:
-    """Whole mask: box prompt (the given one, else the whole picture) → the largest confident candidate
-    that does not hug the image border. Parts: automatic masks on the concept's crop, smallest-on-top,
+    """Whole mask: box and/or point prompts (else the whole picture as the box) → the largest confident
+    candidate that does not hug the image border. Parts: automatic masks on the concept's crop, smallest-on-top,
     gaps filled with superpixels, merged into k regions."""
 
     def __init__(self, model: Any, variant: str = "custom", options: Optional[SamOptions] = None) -> None:
@@ -139,22 +147,34 @@ class SamSegmenter:
         return f"sam({self.variant})"
 
     def segment(
-        self, image: Image.Image, prompt_box: Optional[Box] = None, mask: Optional[np.ndarray] = None, n_parts: int = 4
+        self,
+        image: Image.Image,
+        prompt_box: Optional[Box] = None,
+        mask: Optional[np.ndarray] = None,
+        n_parts: int = 4,
+        prompt_points: Optional[Sequence[Point]] = None,
     ) -> Segmentation:
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
         with torch.inference_mode():
             if mask is None:
-                mask = self.whole_mask(rgb, check_box(prompt_box, image.size))
+                mask = self.whole_mask(rgb, check_box(prompt_box, image.size), check_points(prompt_points, image.size))
             mask = mask.astype(bool)
             parts = self.parts(rgb, mask, n_parts) if n_parts > 0 else []
         return Segmentation(mask=mask, parts=parts)
 
-    def whole_mask(self, rgb: np.ndarray, box: Optional[Box]) -> np.ndarray:
+    def whole_mask(self, rgb: np.ndarray, box: Optional[Box], points: Optional[list[Point]] = None) -> np.ndarray:
+        """Box and/or foreground points as prompts; with neither, the whole picture is the box."""
         h, w = rgb.shape[:2]
+        if box is None and not points:
+            box = (0, 0, w, h)
         self.predictor.set_image(rgb)
         try:
-            prompt = np.array(box if box is not None else (0, 0, w, h), dtype=np.float32)
-            masks, scores, _ = self.predictor.predict(box=prompt, multimask_output=True)
+            masks, scores, _ = self.predictor.predict(
+                point_coords=np.array(points, dtype=np.float32) if points else None,
+                point_labels=np.ones(len(points), dtype=np.int64) if points else None,
+                box=np.array(box, dtype=np.float32) if box is not None else None,
+                multimask_output=True,
+            )
         finally:
             self.predictor.reset_image()
         border = np.zeros((h, w), dtype=bool)

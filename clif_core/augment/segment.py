@@ -1,7 +1,7 @@
 """One segmentation interface, three backends: segment-anything, a weight-free fallback, user masks.
 
-`Segmenter.segment(image, prompt_box=None, mask=None, n_parts=4)` returns the whole-concept mask and
-its part regions. A `mask` passed in is the user's and always wins: the backend then only splits it
+`Segmenter.segment(image, prompt_box=None, mask=None, n_parts=4, prompt_points=None)` returns the
+whole-concept mask and its part regions; the box and the points (on the concept) are optional prompts. A `mask` passed in is the user's and always wins: the backend then only splits it
 into parts. `segment_concept` applies this to every image of a concept, with the user's own part
 masks winning over automatic parts, and names the parts.
 """
@@ -9,7 +9,7 @@ masks winning over automatic parts, and names the parts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,8 @@ from .parts import name_parts, order_top_to_bottom
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels, x1/y1 exclusive."""
+Point = tuple[int, int]
+"""(x, y) in pixels of a point on the concept."""
 
 
 class SegmentationFailed(ClifError):
@@ -41,7 +43,12 @@ class Segmentation:
 
 class Segmenter(Protocol):
     def segment(
-        self, image: Image.Image, prompt_box: Optional[Box] = None, mask: Optional[np.ndarray] = None, n_parts: int = 4
+        self,
+        image: Image.Image,
+        prompt_box: Optional[Box] = None,
+        mask: Optional[np.ndarray] = None,
+        n_parts: int = 4,
+        prompt_points: Optional[Sequence[Point]] = None,
     ) -> Segmentation: ...
 
     def describe(self) -> str:
@@ -53,7 +60,12 @@ class UserMaskSegmenter:
     """Only the user's masks: whole-concept masks are required, parts come only from user part masks."""
 
     def segment(
-        self, image: Image.Image, prompt_box: Optional[Box] = None, mask: Optional[np.ndarray] = None, n_parts: int = 4
+        self,
+        image: Image.Image,
+        prompt_box: Optional[Box] = None,
+        mask: Optional[np.ndarray] = None,
+        n_parts: int = 4,
+        prompt_points: Optional[Sequence[Point]] = None,
     ) -> Segmentation:
         if mask is None:
             raise SegmentationFailed(
@@ -82,8 +94,21 @@ def check_box(box: Optional[Box], size: tuple[int, int]) -> Optional[Box]:
     return x0, y0, x1, y1
 
 
+def check_points(points: Optional[Sequence[Point]], size: tuple[int, int]) -> Optional[list[Point]]:
+    if not points:
+        return None
+    w, h = size
+    out = [(int(round(x)), int(round(y))) for x, y in points]
+    bad = [p for p in out if not (0 <= p[0] < w and 0 <= p[1] < h)]
+    if bad:
+        raise ClifError(f"prompt point(s) {bad} lie outside the {w}x{h} image; give (x, y) in pixels.")
+    return out
+
+
 def segment_concept_image(concept: Concept, i: int, segmenter: Segmenter, n_parts: int = 4) -> Segmentation:
     """Segment `concept.images[i]`; its user mask and user part masks win over the backend.
+
+    User part masks replace automatic parts (clipped to a user concept mask; added to a computed one).
 
     `n_parts` applies when the concept has no part list; with one, as many parts as names are made and
     named in list order, top to bottom.
@@ -99,6 +124,9 @@ def segment_concept_image(concept: Concept, i: int, segmenter: Segmenter, n_part
         raise ClifError(f"concept {concept.name!r}: {concept.sources[i]} {exc}") from exc
     if user_parts:
         names = [p for p in (concept.parts or list(user_parts)) if p in user_parts]
+        if user_mask is None:  # the user's parts are part of the concept, whatever the backend found
+            for p in names:
+                seg.mask = seg.mask | user_parts[p]
         seg.parts = [user_parts[p] & seg.mask for p in names]
         seg.part_names = names
         empty = [p for p, m in zip(names, seg.parts) if not m.any()]

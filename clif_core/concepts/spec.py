@@ -81,9 +81,10 @@ class Concept:
 def _to_uint8_gray(im: Image.Image) -> Image.Image:
     """16-bit and float grayscale would be clipped by PIL's convert("L"); scale them instead."""
     arr = np.asarray(im, dtype=np.float64)
-    top = 65535.0 if im.mode.startswith("I") and arr.max() > 255 else max(float(arr.max()), 1.0)
     if im.mode == "F":
-        top = 1.0 if arr.max() <= 1.0 else top
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if arr.max() > 255 else 255.0
     return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
 
 
