@@ -1,0 +1,5 @@
+"""Concepts: what the user trains (spec), the concept file v1 (file_format, lora_keys), its exports to
+ComfyUI/diffusers files (exports) and applying concept files to a diffusers-side base model (apply).
+
+Nothing is imported here so that importing the package stays cheap; import the submodule you need.
+"""

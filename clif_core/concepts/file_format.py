@@ -1,0 +1,513 @@
+"""Concept file format v1: one .safetensors per concept set (docs/concept-file.md is the specification).
+
+Tensors:
+    bundle_emb.<embedding name>.<encoder>   [k, width]   token embeddings of one concept for one encoder
+    lora_unet_<module>.{lora_down.weight, lora_up.weight, alpha}     UNet LoRA (see lora_keys)
+    lora_te_/lora_te1_/lora_te2_<module>.{...}                       optional text-encoder LoRA
+Metadata (safetensors string metadata): `clif.*` keys (format, version, concepts, base model, recipe)
+and `modelspec.*` keys (sai_model_spec 1.0.0, architecture, title, thumbnail).
+
+The same file loads in ComfyUI's stock LoraLoader (which ignores the embeddings with a log line) and,
+through `clif_core.concepts.apply` or the exports, in diffusers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from clif_core.errors import ClifError
+from clif_core.fileio import save_safetensors_atomic
+
+from . import lora_keys
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "clif.concepts"
+FORMAT_VERSION = 1
+KINDS = ("concepts", "erasure")
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""Largest safetensors JSON header read (an SDXL LoRA on every supported module needs well under 1 MiB)."""
+MAX_METADATA_BYTES = 1024 * 1024
+"""Largest total size of the string metadata (keys + values): recipe, concept list, thumbnail."""
+MAX_THUMBNAIL_BYTES = 256 * 1024
+"""Largest thumbnail PNG; a 256x256 image is typically 50-150 KiB."""
+
+EMBEDDING_PREFIX = "bundle_emb."
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# modelspec architecture ids as kohya-ss sd-scripts writes them (sai_model_spec 1.0.0).
+_ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}
+_IMPLEMENTATIONS = {"sdxl": "https://github.com/Stability-AI/generative-models"}
+
+WarnFn = Callable[[str], None]
+
+
+def modelspec_architecture(family: str, prediction_type: str) -> str:
+    """The modelspec architecture id of a base model (without the "/lora" adapter suffix)."""
+    if family == "sd2":
+        return "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
+    try:
+        return _ARCHITECTURES[family]
+    except KeyError:
+        raise ClifError(f"unknown model family {family!r}: use sd1, sd2 or sdxl") from None
+
+
+def embedding_name(concept_name: str) -> str:
+    """The concept's name as one word: tensor keys, ComfyUI `embedding:<name>` and export file names use it."""
+    word = re.sub(r"[^\w-]+", "_", concept_name.strip()).strip("_")
+    if not word:
+        raise ClifError(f"concept name {concept_name!r} has no letters or digits; give it a name such as 'alice'")
+    return word
+
+
+@dataclass
+class ConceptEntry:
+    """One learnt concept: `embeddings` maps an encoder name ("clip_l", "clip_h", "clip_g") to [k, width]."""
+
+    name: str
+    token: str  # the placeholder written in prompts, e.g. "<alice>"
+    class_word: str
+    embeddings: dict[str, torch.Tensor]
+
+    @property
+    def vectors(self) -> int:
+        """k, the number of token vectors (the same for every encoder)."""
+        return int(next(iter(self.embeddings.values())).shape[0]) if self.embeddings else 0
+
+    @property
+    def embedding_name(self) -> str:
+        return embedding_name(self.name)
+
+
+@dataclass
+class ConceptFile:
+    """A concept set in memory, exactly what a v1 file holds.
+
+    `unet_lora` and `text_lora` are in the kohya layout of `lora_keys` (ComfyUI's `load_lora_for_models`
+    takes them as they are). `encoder_widths` lists every text encoder of the base model by name.
+    `kind` is "concepts" or "erasure"; `metadata` holds kind-specific JSON data (for example an erasure
+    patch's erased → alternative pairs). `recipe` is the training configuration, JSON-serialisable.
+    An empty `title` is saved as the concept names.
+    """
+
+    concepts: list[ConceptEntry]
+    base_family: str
+    encoder_widths: dict[str, int]
+    base_fingerprint: str = ""
+    base_prediction_type: str = "epsilon"
+    unet_lora: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_lora: dict[str, torch.Tensor] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    thumbnail: Optional[bytes] = None
+    kind: str = "concepts"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def concept(self, token_or_name: str) -> ConceptEntry:
+        for c in self.concepts:
+            if token_or_name in (c.token, c.name):
+                return c
+        known = ", ".join(c.token for c in self.concepts) or "none"
+        raise ClifError(f"no concept {token_or_name!r} in this concept file; it has {known}")
+
+    def display_title(self) -> str:
+        return self.title or ", ".join(c.name for c in self.concepts) or f"CLIF {self.kind}"
+
+    def summary(self) -> str:
+        """A few human-readable lines: what the file holds and what it was made for."""
+        lines = [f"{self.display_title()} ({self.kind}, base {self.base_family}"
+                 + (f", fingerprint {self.base_fingerprint[:12]}" if self.base_fingerprint else "") + ")"]
+        for c in self.concepts:
+            lines.append(f"  {c.token}: {c.name} (class '{c.class_word}', {c.vectors} vector(s) per encoder)")
+        for label, lora in (("UNet LoRA", self.unet_lora), ("text LoRA", self.text_lora)):
+            modules = lora_keys.lora_modules(lora)
+            if modules:
+                ranks = sorted({int(lora[m + ".lora_down.weight"].shape[0]) for m in modules})
+                lines.append(f"  {label}: {len(modules)} modules, rank {'/'.join(map(str, ranks))}")
+            else:
+                lines.append(f"  {label}: none")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def validate(cf: ConceptFile, where: str) -> None:
+    """Structural checks that need no base model; `where` names the file or object in messages."""
+    if cf.kind not in KINDS:
+        raise ClifError(f"{where}: kind {cf.kind!r} is not one of {', '.join(KINDS)}")
+    encoders = [k.name for k in lora_keys.text_keys(cf.base_family)]
+    if sorted(cf.encoder_widths) != sorted(encoders):
+        raise ClifError(
+            f"{where}: encoder widths are given for {sorted(cf.encoder_widths)} but a {cf.base_family} model has "
+            f"the text encoders {encoders}"
+        )
+    for name, width in cf.encoder_widths.items():
+        if not isinstance(width, int) or width <= 0:
+            raise ClifError(f"{where}: encoder width of {name} is {width!r}; it must be a positive integer")
+    seen_names: dict[str, str] = {}
+    seen_tokens: set[str] = set()
+    for c in cf.concepts:
+        label = f"{where}: concept {c.name!r}"
+        if not c.token or any(ch.isspace() for ch in c.token):
+            raise ClifError(f"{label}: placeholder token {c.token!r} must be one word without spaces, e.g. '<alice>'")
+        if c.token in seen_tokens:
+            raise ClifError(f"{label}: placeholder token {c.token!r} is used by two concepts; give each its own")
+        seen_tokens.add(c.token)
+        word = c.embedding_name
+        if word in seen_names:
+            raise ClifError(
+                f"{label}: its name gives the embedding name {word!r}, the same as concept {seen_names[word]!r}; "
+                "rename one of them"
+            )
+        seen_names[word] = c.name
+        if sorted(c.embeddings) != sorted(encoders):
+            raise ClifError(
+                f"{label}: embeddings are given for {sorted(c.embeddings)} but a {cf.base_family} model needs one "
+                f"per text encoder: {encoders}"
+            )
+        counts = set()
+        for enc, emb in c.embeddings.items():
+            if emb.dim() != 2 or emb.shape[0] < 1 or emb.shape[1] != cf.encoder_widths[enc]:
+                raise ClifError(
+                    f"{label}: the {enc} embedding has shape {list(emb.shape)}; expected [k, {cf.encoder_widths[enc]}]"
+                    " with k ≥ 1 vectors"
+                )
+            if not emb.is_floating_point():
+                raise ClifError(f"{label}: the {enc} embedding has dtype {emb.dtype}; it must be floating point")
+            counts.add(int(emb.shape[0]))
+        if len(counts) > 1:
+            raise ClifError(f"{label}: encoders have different vector counts {sorted(counts)}; use the same k for all")
+    lora_keys.check_lora_structure(cf.unet_lora, f"{where} (UNet LoRA)")
+    lora_keys.check_targets(cf.unet_lora, lora_keys.UNET_PREFIX, lora_keys.UNET_LORA_TARGETS, f"{where} (UNet LoRA)")
+    lora_keys.check_lora_structure(cf.text_lora, f"{where} (text LoRA)")
+    prefixes = [k.kohya_prefix for k in lora_keys.text_keys(cf.base_family)]
+    for module in lora_keys.lora_modules(cf.text_lora):
+        if not any(module.startswith(p + "_text_model_") for p in prefixes):
+            raise ClifError(
+                f"{where} (text LoRA): module {module} does not start with one of "
+                f"{', '.join(p + '_' for p in prefixes)} as a {cf.base_family} text LoRA must"
+            )
+    for prefix in prefixes:
+        part = {k: v for k, v in cf.text_lora.items() if k.startswith(prefix + "_")}
+        lora_keys.check_targets(part, prefix, lora_keys.TEXT_LORA_TARGETS, f"{where} (text LoRA)")
+        modules = lora_keys.lora_modules(part)
+        if any(m.endswith(("_q_proj", "_k_proj", "_v_proj")) for m in modules) and \
+                not any(m.endswith("_out_proj") for m in modules):
+            raise ClifError(
+                f"{where} (text LoRA): {prefix}_ adapts q/k/v_proj but no out_proj; diffusers' load_lora_weights "
+                "then skips or refuses those modules. Include out_proj (lora_keys.TEXT_LORA_TARGETS has all six)"
+            )
+    if cf.thumbnail is not None:
+        if not cf.thumbnail.startswith(PNG_MAGIC):
+            raise ClifError(f"{where}: the thumbnail is not a PNG image; pass PNG bytes (see make_thumbnail)")
+        if len(cf.thumbnail) > MAX_THUMBNAIL_BYTES:
+            raise ClifError(
+                f"{where}: the thumbnail is {len(cf.thumbnail) // 1024} KiB; the limit is "
+                f"{MAX_THUMBNAIL_BYTES // 1024} KiB. Use a smaller image (make_thumbnail makes a 256 px one)"
+            )
+
+
+def check_compatible(cf: ConceptFile, base: Any, where: str = "concept file") -> list[str]:
+    """Check `cf` against a `BaseModel`; raise ClifError for what cannot work, return warnings for what may.
+
+    Errors: another family, other text encoders, other widths, LoRA modules the base lacks or of another
+    size. Warning only: another base fingerprint, because a concept trained on a base usually works on its
+    fine-tunes (same architecture, similar weights), which is how people use shared LoRAs.
+    """
+    if cf.base_family != base.family:
+        raise ClifError(
+            f"{where} was made for a {cf.base_family} model but the base model is {base.family}; load a "
+            f"{cf.base_family} checkpoint or use concepts trained on this family"
+        )
+    slots = {s.name: s for s in base.text}
+    if sorted(slots) != sorted(cf.encoder_widths):
+        raise ClifError(
+            f"{where} has embeddings for the text encoders {sorted(cf.encoder_widths)} but the base model has "
+            f"{sorted(slots)}"
+        )
+    for name, width in cf.encoder_widths.items():
+        if slots[name].width != width:
+            raise ClifError(
+                f"{where}: its {name} embeddings are {width} wide but the base model's {name} encoder is "
+                f"{slots[name].width} wide; the file was made for a different model size"
+            )
+    lora_keys.check_lora_against(cf.unet_lora, base.unet, lora_keys.UNET_PREFIX, f"{where} (UNet LoRA)")
+    for keys in lora_keys.text_keys(cf.base_family):
+        part = {k: v for k, v in cf.text_lora.items() if k.startswith(keys.kohya_prefix + "_")}
+        lora_keys.check_lora_against(part, slots[keys.name].encoder, keys.kohya_prefix, f"{where} (text LoRA)")
+    warnings = []
+    if cf.base_fingerprint and base.fingerprint and cf.base_fingerprint != base.fingerprint:
+        warnings.append(
+            f"{where} was trained on base {cf.base_fingerprint[:12]} but this base is {base.fingerprint[:12]}; "
+            "it can still work on a fine-tune of the same base, but results may differ"
+        )
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------ metadata
+
+
+def _json(value: Any, what: str, where: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ClifError(f"{where}: {what} is not JSON-serialisable ({err}); use plain numbers, strings, lists") from None
+
+
+def build_metadata(cf: ConceptFile, where: str) -> dict[str, str]:
+    """Every string metadata entry of the file (also used, minus `clif.format`, by the LoRA export)."""
+    concepts = [
+        {"name": c.name, "token": c.token, "class_word": c.class_word, "vectors": c.vectors} for c in cf.concepts
+    ]
+    meta = {
+        "clif.format": FORMAT_NAME,
+        "clif.version": str(FORMAT_VERSION),
+        "clif.kind": cf.kind,
+        "clif.concepts": _json(concepts, "the concept list", where),
+        "clif.base_family": cf.base_family,
+        "clif.base_fingerprint": cf.base_fingerprint,
+        "clif.base_prediction_type": cf.base_prediction_type,
+        "clif.encoder_widths": _json(cf.encoder_widths, "encoder_widths", where),
+        "clif.lora_modules": _json(
+            {"unet": len(lora_keys.lora_modules(cf.unet_lora)), "text": len(lora_keys.lora_modules(cf.text_lora))},
+            "lora module counts", where,
+        ),
+        "clif.recipe": _json(cf.recipe, "the recipe", where),
+        "clif.metadata": _json(cf.metadata, "metadata", where),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": modelspec_architecture(cf.base_family, cf.base_prediction_type) + "/lora",
+        "modelspec.implementation": _IMPLEMENTATIONS.get(cf.base_family, "diffusers"),
+        "modelspec.title": cf.display_title(),
+    }
+    if cf.thumbnail is not None:
+        meta["modelspec.thumbnail"] = "data:image/png;base64," + base64.b64encode(cf.thumbnail).decode("ascii")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    if size > MAX_METADATA_BYTES:
+        raise ClifError(
+            f"{where}: the metadata would be {size // 1024} KiB; the limit is {MAX_METADATA_BYTES // 1024} KiB. "
+            "Shorten the recipe or metadata, or use a smaller thumbnail"
+        )
+    return meta
+
+
+def _loads(meta: Mapping[str, str], key: str, where: str, expected: type) -> Any:
+    if key not in meta:
+        raise ClifError(f"{where}: metadata {key!r} is missing; the file is damaged or was not written by CLIF")
+    try:
+        value = json.loads(meta[key])
+    except ValueError as err:
+        raise ClifError(f"{where}: metadata {key!r} is not valid JSON ({err}); the file is damaged") from None
+    if not isinstance(value, expected):
+        raise ClifError(f"{where}: metadata {key!r} should be a JSON {expected.__name__}; the file is damaged")
+    return value
+
+
+def _required(meta: Mapping[str, str], key: str, where: str) -> str:
+    if key not in meta:
+        raise ClifError(f"{where}: metadata {key!r} is missing; the file is damaged or was not written by CLIF")
+    return meta[key]
+
+
+def decode_thumbnail(meta: Mapping[str, str], where: str) -> Optional[bytes]:
+    uri = meta.get("modelspec.thumbnail")
+    if not uri:
+        return None
+    prefix = "data:image/png;base64,"
+    if not uri.startswith(prefix):
+        raise ClifError(f"{where}: modelspec.thumbnail is not a PNG data: URI; the file is damaged")
+    try:
+        return base64.b64decode(uri[len(prefix) :], validate=True)
+    except ValueError:
+        raise ClifError(f"{where}: modelspec.thumbnail is not valid base64; the file is damaged") from None
+
+
+def concept_set_from_metadata(meta: Mapping[str, str], where: str) -> tuple[ConceptFile, list[dict]]:
+    """A ConceptFile without tensors (concepts and LoRA empty) and the raw concept list, from metadata."""
+    version_text = _required(meta, "clif.version", where)
+    try:
+        version = int(version_text)
+    except ValueError:
+        raise ClifError(f"{where}: clif.version {version_text!r} is not a number; the file is damaged") from None
+    if version > FORMAT_VERSION:
+        raise ClifError(
+            f"{where} is concept file format version {version}, newer than this CLIF understands "
+            f"(version {FORMAT_VERSION}); update the CLIF node pack"
+        )
+    if version < 1:
+        raise ClifError(f"{where}: clif.version {version} is not a valid version; the file is damaged")
+    concepts = _loads(meta, "clif.concepts", where, list)
+    for i, c in enumerate(concepts):
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("name", "token", "class_word")) \
+                or not isinstance(c.get("vectors"), int):
+            raise ClifError(f"{where}: entry {i} of clif.concepts lacks name, token, class_word or vectors")
+    widths = _loads(meta, "clif.encoder_widths", where, dict)
+    cf = ConceptFile(
+        concepts=[],
+        base_family=_required(meta, "clif.base_family", where),
+        encoder_widths=widths,
+        base_fingerprint=meta.get("clif.base_fingerprint", ""),
+        base_prediction_type=meta.get("clif.base_prediction_type", "epsilon"),
+        recipe=_loads(meta, "clif.recipe", where, dict),
+        title=meta.get("modelspec.title", ""),
+        thumbnail=decode_thumbnail(meta, where),
+        kind=_required(meta, "clif.kind", where),
+        metadata=_loads(meta, "clif.metadata", where, dict),
+    )
+    lora_keys.text_keys(cf.base_family)  # an unknown family is refused here, with its name
+    return cf, concepts
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+
+def to_tensors(cf: ConceptFile) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for c in cf.concepts:
+        for enc, emb in c.embeddings.items():
+            tensors[f"{EMBEDDING_PREFIX}{c.embedding_name}.{enc}"] = emb
+    tensors.update(cf.unet_lora)
+    tensors.update(cf.text_lora)
+    return tensors
+
+
+def save_concept_file(cf: ConceptFile, path: str | os.PathLike) -> Path:
+    """Validate and write `cf` atomically as a v1 concept file; returns the path."""
+    where = str(path)
+    validate(cf, where)
+    meta = build_metadata(cf, where)
+    return save_safetensors_atomic(to_tensors(cf), path, meta)
+
+
+def read_header(path: str | os.PathLike, where: Optional[str] = None) -> dict[str, Any]:
+    """The JSON header of a safetensors file, with its size checked before it is read."""
+    where = where or str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ClifError(f"{where}: no such file; check the path or the models folder")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ClifError(f"{where} is not a safetensors file (only {size} bytes); it is empty or truncated")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            if n > size:
+                raise ClifError(f"{where} is not a safetensors file (a .ckpt, .pt or other format?); "
+                                "concept files are .safetensors written by CLIF")
+            raise ClifError(
+                f"{where}: its header is {n // 1024} KiB, over the {MAX_HEADER_BYTES // 1024} KiB limit for "
+                "concept files; the metadata is oversize (or it is not a concept file)"
+            )
+        if n > size - 8:
+            raise ClifError(f"{where} is truncated or not a safetensors file; copy or export it again")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ClifError(f"{where} is not a safetensors file (its header is not JSON); "
+                        "concept files are .safetensors written by CLIF") from None
+    if not isinstance(header, dict):
+        raise ClifError(f"{where} is not a safetensors file (bad header); concept files are written by CLIF")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ClifError(f"{where}: its metadata is not a string table; the file is damaged")
+    meta_size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    if meta_size > MAX_METADATA_BYTES:
+        raise ClifError(
+            f"{where}: its metadata is {meta_size // 1024} KiB, over the {MAX_METADATA_BYTES // 1024} KiB limit; "
+            "the file is not a sane concept file (refused rather than parsed)"
+        )
+    return header
+
+
+def read_tensors(path: str | os.PathLike, where: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (no pickle involved); damage becomes a ClifError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ClifError(f"{where}: its tensors cannot be read ({err}); the file is truncated or damaged") from None
+
+
+def load_concept_file(
+    path: str | os.PathLike, base: Any = None, warn: Optional[WarnFn] = None
+) -> ConceptFile:
+    """Read and check a v1 concept file; with `base` (a BaseModel) also check it fits that model.
+
+    Fingerprint mismatches are not errors: they go to `warn` (default: this module's logger).
+    """
+    where = str(path)
+    header = read_header(path, where)
+    meta = header.get("__metadata__") or {}
+    if meta.get("clif.format") != FORMAT_NAME:
+        hint = ""
+        if meta.get("clif.exported_from") == FORMAT_NAME:
+            hint = " It is a LoRA exported from one; import it with its embeddings (clif_core.concepts.exports)."
+        elif any(k.startswith(("lora_", "bundle_emb.")) or ".lora_" in k for k in header if k != "__metadata__"):
+            hint = " It looks like a plain LoRA; import it with its embeddings (clif_core.concepts.exports)."
+        raise ClifError(f"{where} is not a CLIF concept file (no clif.format = {FORMAT_NAME!r} metadata).{hint}")
+    cf, concept_list = concept_set_from_metadata(meta, where)
+    tensors = read_tensors(path, where)
+
+    for entry in concept_list:
+        word = embedding_name(entry["name"])
+        embeddings = {}
+        for enc in cf.encoder_widths:
+            key = f"{EMBEDDING_PREFIX}{word}.{enc}"
+            if key not in tensors:
+                raise ClifError(f"{where}: tensor {key!r} of concept {entry['name']!r} is missing; the file is damaged")
+            embeddings[enc] = tensors.pop(key)
+            if embeddings[enc].dim() != 2 or embeddings[enc].shape[0] != entry["vectors"]:
+                raise ClifError(
+                    f"{where}: tensor {key!r} has shape {list(embeddings[enc].shape)} but the metadata says "
+                    f"{entry['vectors']} vector(s); the file is damaged"
+                )
+        cf.concepts.append(ConceptEntry(entry["name"], entry["token"], entry["class_word"], embeddings))
+    text_prefixes = tuple(k.kohya_prefix + "_" for k in lora_keys.text_keys(cf.base_family))
+    for key in list(tensors):
+        if key.startswith(lora_keys.UNET_PREFIX + "_"):
+            cf.unet_lora[key] = tensors.pop(key)
+        elif key.startswith(text_prefixes):
+            cf.text_lora[key] = tensors.pop(key)
+    if tensors:
+        raise ClifError(
+            f"{where}: unexpected tensors {sorted(tensors)[:5]} that concept file v{FORMAT_VERSION} does not "
+            "define; the file is damaged or was edited by another tool"
+        )
+    counts = _loads(meta, "clif.lora_modules", where, dict)
+    found = {"unet": len(lora_keys.lora_modules(cf.unet_lora)), "text": len(lora_keys.lora_modules(cf.text_lora))}
+    for part, n in found.items():
+        if counts.get(part) != n:
+            raise ClifError(
+                f"{where}: the metadata lists {counts.get(part)} {part} LoRA modules but the file holds {n}; "
+                "tensors are missing or the file is damaged"
+            )
+    validate(cf, where)
+    if base is not None:
+        for message in check_compatible(cf, base, where):
+            (warn or logger.warning)(message)
+    return cf
+
+
+def make_thumbnail(image: Any, size: int = 256) -> bytes:
+    """PNG bytes of a PIL image scaled to fit `size` x `size`, for `ConceptFile.thumbnail`."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
