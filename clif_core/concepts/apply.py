@@ -1,0 +1,236 @@
+"""Apply concept files to a diffusers-side BaseModel for sampling, and take them off again.
+
+`apply_concepts` works on the given BaseModel in place, reversibly:
+- tokens: each concept's k vectors become the tokens "<alice>", "<alice>_1", … (diffusers' multi-vector
+  textual-inversion naming). Every slot gets a copy of its tokenizer with the tokens added, and its encoder
+  a new, larger input-embedding table whose first rows are the original ones;
+- LoRA: one peft adapter per file, loaded by the model's own loaders (diffusers' `load_lora_adapter` for the
+  UNet, transformers' `load_adapter` for text encoders) with keys and ranks/alphas mapped exactly by
+  `lora_keys.to_peft`, and weighted by the file's strength.
+`AppliedConcepts.remove()` (or leaving its `with` block) puts back the original tokenizer objects, the
+original embedding modules and removes the peft layers, so the base computes bit-identically to before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from clif_core.errors import ClifError
+
+from . import lora_keys
+from .file_format import ConceptFile, WarnFn, check_compatible
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER = re.compile(r"<[^<>\s:]+>")
+"""What a placeholder looks like in a prompt ("<alice>"); A1111-style "<lora:x:1>" tags do not match."""
+
+
+def vector_tokens(token: str, k: int) -> list[str]:
+    """The k tokenizer entries of a placeholder: "<alice>", "<alice>_1", …, "<alice>_{k-1}"."""
+    return [token] + [f"{token}_{i}" for i in range(1, k)]
+
+
+def expand_prompt(prompt: str, tokens: Mapping[str, Sequence[str]]) -> str:
+    """Replace every placeholder with its vector tokens ("<alice>" → "<alice> <alice>_1").
+
+    `tokens` maps placeholders to their vector tokens (`AppliedConcepts.tokens`). Already expanded text is
+    left as it is, so expanding twice changes nothing. A placeholder-looking word that is not loaded raises
+    ClifError listing the loaded ones.
+    """
+    replacements: dict[str, str] = {}
+    for token, vectors in tokens.items():
+        expanded = " ".join(vectors)
+        replacements.update({v: v for v in vectors[1:]})
+        replacements[expanded] = expanded
+        replacements[token] = expanded
+    rest = prompt
+    if replacements:
+        ordered = sorted(replacements, key=len, reverse=True)  # the longest match wins
+        pattern = re.compile("|".join(re.escape(r) + (r"(?!_\d)" if r in tokens else "") for r in ordered))
+        rest = pattern.sub(" ", prompt)
+        prompt = pattern.sub(lambda m: replacements[m.group(0)], prompt)
+    unknown = sorted(set(PLACEHOLDER.findall(rest)))
+    if unknown:
+        loaded = ", ".join(sorted(tokens)) or "none"
+        raise ClifError(
+            f"prompt uses {', '.join(unknown)}, which no applied concept file defines; loaded placeholders: "
+            f"{loaded}. Fix the spelling or apply the concept file that defines it"
+        )
+    return prompt
+
+
+def _has_peft(module: torch.nn.Module) -> bool:
+    return bool(getattr(module, "_hf_peft_config_loaded", False)) or hasattr(module, "peft_config")
+
+
+def _remove_peft(module: torch.nn.Module) -> None:
+    """Strip every peft layer (restoring the original modules) and the peft bookkeeping diffusers adds."""
+    from diffusers.utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = None
+
+
+@dataclass
+class AppliedConcepts:
+    """The concepts applied to `base`. `tokens` maps each placeholder to its vector tokens."""
+
+    base: Any
+    tokens: dict[str, list[str]]
+    adapters: dict[str, float]  # adapter name → strength
+    _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def expand_prompt(self, prompt: str) -> str:
+        return expand_prompt(prompt, self.tokens)
+
+    def remove(self) -> None:
+        """Restore the base model exactly as it was before `apply_concepts` (idempotent)."""
+        while self._undo:
+            self._undo.pop()()
+
+    def __enter__(self) -> "AppliedConcepts":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _add_tokens(base: Any, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
+    for slot in base.text:
+        tokenizer, encoder = slot.tokenizer, slot.encoder
+        vocab = tokenizer.get_vocab()
+        new_tokens: list[str] = []
+        rows: list[torch.Tensor] = []
+        for cf in files:
+            for c in cf.concepts:
+                names = vector_tokens(c.token, c.vectors)
+                taken = [t for t in names if t in vocab]
+                if taken:
+                    raise ClifError(
+                        f"placeholder {c.token!r} of concept {c.name!r} is already a token of the {slot.name} "
+                        f"tokenizer ({', '.join(taken)}); is a concept file with it already applied? Remove it "
+                        "first or pick another token"
+                    )
+                new_tokens.extend(names)
+                rows.append(c.embeddings[slot.name])
+        if not new_tokens:
+            continue
+        extended = copy.deepcopy(tokenizer)
+        added = extended.add_tokens(new_tokens)
+        if added != len(new_tokens):
+            raise ClifError(f"the {slot.name} tokenizer accepted {added} of {len(new_tokens)} concept tokens")
+        first = extended.convert_tokens_to_ids(new_tokens[0])
+        old = encoder.get_input_embeddings()
+        n, width = old.weight.shape
+        if first != n:
+            raise ClifError(
+                f"the {slot.name} tokenizer has {first} entries but its encoder has {n} embedding rows; "
+                "the base model's tokenizer and text encoder do not match"
+            )
+        table = torch.nn.Embedding(n + len(new_tokens), width, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            table.weight[:n] = old.weight
+            table.weight[n:] = torch.cat(rows).to(old.weight)
+        table.weight.requires_grad_(old.weight.requires_grad)
+        encoder.set_input_embeddings(table)
+        slot.tokenizer = extended
+        text_model = getattr(encoder, "text_model", encoder)
+        eos_before = getattr(text_model, "eos_token_id", None)
+        # transformers' CLIP with the legacy eos_token_id 2 pools at argmax(input_ids), which would pick an
+        # added token; pooling at the real EOS id is identical for the original vocabulary.
+        if eos_before == 2 and extended.eos_token_id not in (None, 2):
+            text_model.eos_token_id = extended.eos_token_id
+
+        def undo(slot=slot, tokenizer=tokenizer, encoder=encoder, old=old, text_model=text_model, eos=eos_before):
+            encoder.set_input_embeddings(old)
+            slot.tokenizer = tokenizer
+            if eos is not None:
+                text_model.eos_token_id = eos
+
+        applied._undo.append(undo)
+
+
+def _load_loras(base: Any, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+    from peft import LoraConfig
+
+    family = base.family
+    components: list[tuple[Any, str, str]] = [(base.unet, "unet", lora_keys.UNET_PREFIX)]
+    components += [(base.slot(k.name).encoder, k.component, k.kohya_prefix) for k in lora_keys.text_keys(family)]
+    busy = [name for module, name, _ in components if _has_peft(module)]
+    if busy:
+        raise ClifError(
+            f"the base model's {', '.join(busy)} already carries LoRA adapters; apply concepts to a base without "
+            "adapters (remove() the earlier AppliedConcepts, or pass all concept files in one call)"
+        )
+    for module, _, _ in components:
+        applied._undo.append(lambda module=module: _remove_peft(module) if _has_peft(module) else None)
+
+    per_component: dict[str, tuple[list[str], list[float]]] = {name: ([], []) for _, name, _ in components}
+    for i, (cf, strength) in enumerate(files):
+        if strength == 0 or not (cf.unet_lora or cf.text_lora):
+            continue
+        adapter = f"clif_{i}"
+        applied.adapters[adapter] = float(strength)
+        for module, name, kohya_prefix in components:
+            source = cf.unet_lora if kohya_prefix == lora_keys.UNET_PREFIX else {
+                k: v for k, v in cf.text_lora.items() if k.startswith(kohya_prefix + "_")
+            }
+            if not source:
+                continue
+            state_dict, config = lora_keys.to_peft(source, module, kohya_prefix)
+            if name == "unet":  # diffusers' loader: peft keys are taken as they are, config as given
+                module.load_lora_adapter(state_dict, prefix=None, adapter_name=adapter, metadata=config)
+            else:  # transformers' peft integration, which diffusers' own text-encoder loader calls
+                module.load_adapter(adapter_name=adapter, adapter_state_dict=state_dict,
+                                    peft_config=LoraConfig(**config))
+            per_component[name][0].append(adapter)
+            per_component[name][1].append(float(strength))
+    for module, name, _ in components:
+        names, weights = per_component[name]
+        if names:
+            set_weights_and_activate_adapters(module, names, weights)
+
+
+def apply_concepts(
+    base: Any, files: Sequence[tuple[ConceptFile, float]], warn: Optional[WarnFn] = None
+) -> AppliedConcepts:
+    """Apply concept files (each with a LoRA strength) to `base` (a BaseModel); undo with `.remove()`.
+
+    Every file is checked against the base first (family, widths, LoRA shapes: ClifError; another base
+    fingerprint: a warning to `warn`). Placeholders must be unique across the files. A strength of 0 skips
+    a file's LoRA but keeps its tokens.
+    """
+    seen: dict[str, str] = {}
+    for cf, _ in files:
+        for message in check_compatible(cf, base, f"concept file {cf.display_title()!r}"):
+            (warn or logger.warning)(message)
+        for c in cf.concepts:
+            if c.token in seen:
+                raise ClifError(
+                    f"placeholder {c.token!r} is defined by two applied concept files ({seen[c.token]!r} and "
+                    f"{cf.display_title()!r}); apply only one of them"
+                )
+            seen[c.token] = cf.display_title()
+    applied = AppliedConcepts(
+        base=base,
+        tokens={c.token: vector_tokens(c.token, c.vectors) for cf, _ in files for c in cf.concepts},
+        adapters={},
+    )
+    try:
+        _add_tokens(base, [cf for cf, _ in files], applied)
+        _load_loras(base, files, applied)
+    except BaseException:
+        applied.remove()
+        raise
+    return applied
