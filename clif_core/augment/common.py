@@ -146,6 +146,7 @@ def _write_cache(entry: Path, images: list[Image.Image], info: dict) -> None:
     """Write into a temporary sibling folder and rename it into place (a crash leaves no half entry)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         for j, im in enumerate(images):
             im.save(tmp / f"{j:03d}.png")

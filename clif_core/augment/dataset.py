@@ -157,6 +157,7 @@ def build_dataset(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should read like any other
     try:
         (tmp / SPLIT / "images").mkdir(parents=True)
         (tmp / "masks").mkdir()
@@ -220,6 +221,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
         return
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if old.exists():  # left by a run that crashed between the two renames below
+        shutil.rmtree(old)
     os.replace(out, old)
     try:
         os.replace(tmp, out)
