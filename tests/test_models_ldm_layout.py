@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from clif_core.models.families import FAMILIES
-from clif_core.models.ldm_layout import to_original_state_dict
+from clif_core.models.ldm_layout import component_configs, to_original_state_dict
 from clif_core.models.loader import assemble_base_model, components_from_original
 from clif_core.models.random_model import build_published_architecture
-from clif_core.models.tiny import build_tiny_model, component_configs
+from clif_core.models.tiny import build_tiny_model
 
 
 def _modules(base):
@@ -134,3 +134,29 @@ def test_open_clip_attention_and_projection_are_fused_and_transposed():
     # OpenCLIP computes pooled @ text_projection; transformers computes text_projection(pooled).
     pooled = torch.randn(2, enc.config.hidden_size)
     assert torch.allclose(pooled @ projection, enc.text_projection(pooled))
+
+
+def test_saved_single_file_rebuilds_the_model_with_its_own_configs(tiny_sd2, tmp_path):
+    from clif_core.models.ldm_layout import save_single_file
+    from clif_core.models.loader import load_base_model
+
+    base = load_base_model(tiny_sd2.diffusers_dir, device="cpu", prediction_type="epsilon")
+    path = save_single_file(base, tmp_path / "out.safetensors", metadata={"modelspec.title": "tiny"})
+    back = load_base_model(path, device="cpu")
+    assert back.prediction_type == "epsilon"  # the family default (v) would be wrong for this model
+    assert back.fingerprint == base.fingerprint
+    for (name, a), (_, b) in zip(_modules(base), _modules(back), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())), name
+
+
+def test_cli_writes_tiny_model_converts_and_inspects(tmp_path, capsys):
+    from clif_core.cli import main
+
+    assert main(["model", "tiny", "sd1", str(tmp_path / "tiny"), "--seed", "4"]) == 0
+    out = tmp_path / "converted.safetensors"
+    assert main(["model", "to-single-file", str(tmp_path / "tiny" / "diffusers"), str(out), "--half"]) == 0
+    capsys.readouterr()
+    assert main(["model", "info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "family: sd1" in printed and f"fingerprint: {build_tiny_model('sd1', seed=4).fingerprint}" in printed
+    assert main(["model", "to-single-file", str(out), str(tmp_path / "x.ckpt")]) == 2

@@ -13,7 +13,10 @@ Tensors are not copied where the layout only renames them; OpenCLIP's fused atte
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -198,6 +201,37 @@ def to_original_state_dict(base: Any) -> Tensors:
     out.update(_prefixed(VAE_PREFIX, vae_to_ldm(base.vae.state_dict(), base.vae.config)))
     out.update(text_encoders_to_original(base.family, [slot.encoder.state_dict() for slot in base.text]))
     return out
+
+
+def component_configs(base: Any) -> dict[str, dict]:
+    """The diffusers/transformers configs of a `BaseModel`'s components, by diffusers folder name, as JSON
+    values (what a single file carries under `clif.diffusers_configs`)."""
+    from clif_core.models.families import get_family
+
+    configs = {
+        "unet": dict(base.unet.config),
+        "vae": dict(base.vae.config),
+        "scheduler": {"_class_name": type(base.scheduler).__name__, **dict(base.scheduler.config)},
+    }
+    for sub, slot in zip(get_family(base.family).encoder_subfolders, base.text):
+        configs[sub] = slot.encoder.config.to_dict()
+    for config in configs.values():
+        config.pop("_name_or_path", None)  # where it was loaded from: a local path, not part of the model
+    return json.loads(json.dumps(configs, default=str))
+
+
+def save_single_file(
+    base: Any, path: str | os.PathLike, *, metadata: Optional[Mapping[str, str]] = None
+) -> Path:
+    """Write a `BaseModel` as one original-layout .safetensors file (atomically), tensors in their current
+    dtype, with its component configs in the metadata so `load_base_model` rebuilds exactly this model
+    (sizes, scheduler, prediction type) from the file alone. `metadata` adds more string entries."""
+    from clif_core.fileio import save_safetensors_atomic
+    from clif_core.models.loader import CONFIGS_METADATA_KEY
+
+    entries = dict(metadata or {})
+    entries[CONFIGS_METADATA_KEY] = json.dumps(component_configs(base), sort_keys=True)
+    return save_safetensors_atomic(to_original_state_dict(base), path, metadata=entries)
 
 
 def _prefixed(prefix: str, sd: Mapping[str, torch.Tensor]) -> Tensors:

@@ -18,7 +18,6 @@ same `load_base_model` paths a user's model takes.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,12 +27,11 @@ from typing import Any, Union
 
 import torch
 
-from clif_core.fileio import save_safetensors_atomic
 from clif_core.models.base import BaseModel
 from clif_core.models.clip_bpe import BPE_DIR, clip_tokenizer
 from clif_core.models.families import get_family
-from clif_core.models.ldm_layout import to_original_state_dict
-from clif_core.models.loader import CONFIGS_METADATA_KEY, assemble_base_model, bundled_configs, scheduler_from_config
+from clif_core.models.ldm_layout import save_single_file
+from clif_core.models.loader import assemble_base_model, bundled_configs, scheduler_from_config
 
 TINY_IMAGE_SIZE = 64  # pixels; the tiny VAE downscales by 2
 TINY_VAE_SCALE = 2
@@ -178,12 +176,7 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
     with _atomic_dir(diffusers_dir) as tmp:
         _save_diffusers(base, tmp)
 
-    single_file = out / f"tiny-{spec.name}.safetensors"
-    save_safetensors_atomic(
-        to_original_state_dict(base),
-        single_file,
-        metadata={CONFIGS_METADATA_KEY: json.dumps(component_configs(base), sort_keys=True)},
-    )
+    single_file = save_single_file(base, out / f"tiny-{spec.name}.safetensors")
 
     vision_dir = out / "vision"
     with _atomic_dir(vision_dir) as tmp:
@@ -192,19 +185,6 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
             size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
         ).save_pretrained(tmp)
     return TinyPaths(spec.name, diffusers_dir, single_file, vision_dir)
-
-
-def component_configs(base: BaseModel) -> dict[str, dict]:
-    """The configs of a model's components, as `load_base_model` reads them from `clif.diffusers_configs`."""
-    spec = get_family(base.family)
-    configs = {
-        "unet": dict(base.unet.config),
-        "vae": dict(base.vae.config),
-        "scheduler": {"_class_name": type(base.scheduler).__name__, **dict(base.scheduler.config)},
-    }
-    for sub, slot in zip(spec.encoder_subfolders, base.text):
-        configs[sub] = slot.encoder.config.to_dict()
-    return json.loads(json.dumps(configs, default=list))
 
 
 def _save_diffusers(base: BaseModel, folder: Path) -> None:
