@@ -24,6 +24,7 @@ from clif_core.augment.compose import AugmentConfig, CaptionTemplates
 from clif_core.augment.dataset import build_dataset, load_dataset, preview_grid
 from clif_core.augment.fallback import FallbackSegmenter
 from clif_core.augment.segment import UserMaskSegmenter
+from clif_core.cli import main as clif_main
 from clif_core.concepts.spec import Concept
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
@@ -345,9 +346,14 @@ def test_cli_builds_a_dataset_from_folders(tmp_path, concepts, common):
         folder = tmp_path / "common" / cc.word.replace(" ", "_")
         folder.mkdir(parents=True)
         cc.images[0].save(folder / "0.png")
+    out = tmp_path / "out"
+    assert clif_main([
+        "augment", "--concept", str(tmp_path / "in" / "bob"), "<bob>", "man", "--mix", "0", "--global", "0",
+        "--region", "0", "--single", "2", "--resolution", str(RES), "--out", str(tmp_path / "via_main"),
+    ]) == 0
+    assert len(load_dataset(tmp_path / "via_main")) == 2
     parser = argparse.ArgumentParser(prog="clif")
     augment_cli.register(parser.add_subparsers(dest="command"))
-    out = tmp_path / "out"
     args = parser.parse_args([
         "augment", "--concept", str(tmp_path / "in" / "alice"), "<alice>", "woman", "hair,dress",
         "--concept", str(tmp_path / "in" / "bob"), "<bob>", "man",

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from typing import Any
 
 from ..errors import ClifError
@@ -69,44 +68,26 @@ def _segmenter(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from ..cli import tqdm_reporter
     from ..concepts.spec import load_concept_folder
-    from ..progress import Reporter
     from .common import resolve_common
     from .compose import AugmentConfig
     from .dataset import build_dataset
 
-    stop = {"requested": False}
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        stop["requested"] = True
-
-    bar = tqdm(total=1, unit="step", desc="augment")
-
-    def progress(step: int, total: int, preview: Any = None) -> None:
-        bar.total = total
-        bar.n = step
-        bar.refresh()
-
-    reporter = Reporter(progress=progress, should_stop=lambda: stop["requested"], log=tqdm.write)
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        concepts = []
-        for spec in args.concept:
-            if len(spec) not in (3, 4):
-                raise ClifError(f"--concept {' '.join(spec)}: give FOLDER TOKEN CLASS and optionally PARTS (comma-separated).")
-            parts = spec[3].split(",") if len(spec) == 4 else ()
-            concepts.append(load_concept_folder(spec[0], spec[1], spec[2], parts=parts, min_side=args.min_side, reporter=reporter))
-        common = resolve_common(args.common, folder=args.common_dir, min_side=args.min_side, reporter=reporter) \
-            if (args.common or args.common_dir) else []
-        config = AugmentConfig(
-            resolution=args.resolution, n_global=args.n_global, n_region=args.n_region, n_mix=args.n_mix,
-            n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=not args.one_order,
-            seed=args.seed,
-        )
-        build_dataset(concepts, args.out, config, _segmenter(args), common, reporter=reporter, overwrite=args.overwrite)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        bar.close()
+    reporter = tqdm_reporter("augment")
+    concepts = []
+    for spec in args.concept:
+        if len(spec) not in (3, 4):
+            raise ClifError(f"--concept {' '.join(spec)}: give FOLDER TOKEN CLASS and optionally PARTS (comma-separated).")
+        parts = spec[3].split(",") if len(spec) == 4 else ()
+        concepts.append(load_concept_folder(spec[0], spec[1], spec[2], parts=parts, min_side=args.min_side, reporter=reporter))
+    common = []
+    if args.common or args.common_dir:
+        common = resolve_common(args.common, folder=args.common_dir, min_side=args.min_side, reporter=reporter)
+    config = AugmentConfig(
+        resolution=args.resolution, n_global=args.n_global, n_region=args.n_region, n_mix=args.n_mix,
+        n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=not args.one_order,
+        seed=args.seed,
+    )
+    build_dataset(concepts, args.out, config, _segmenter(args), common, reporter=reporter, overwrite=args.overwrite)
     return 0
