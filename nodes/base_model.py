@@ -83,6 +83,16 @@ class LoadBaseModel(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, base_model: str, **_) -> tuple:
+        """Reload when the checkpoint (for a diffusers folder: its model_index.json) changed on disk."""
+        try:
+            path = resolve_base_model(base_model)
+        except FileNotFoundError:
+            return (base_model, None)
+        stat = os.stat(path if os.path.isfile(path) else os.path.join(path, "model_index.json"))
+        return (path, stat.st_mtime_ns, stat.st_size)
+
+    @classmethod
     def execute(cls, base_model: str) -> io.NodeOutput:
         import folder_paths
 

@@ -17,6 +17,15 @@ def _concept_file_choices() -> list[str]:
     return folder_paths.get_filename_list(CONCEPTS_FOLDER)
 
 
+def _file_state(path: str) -> tuple:
+    """What ComfyUI's cache compares between runs: a node re-runs when its file appeared, vanished or changed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
 def _checked_name(filename: str) -> str:
     name = os.path.basename(filename.strip())
     if not name or name in (".", "..") or name != filename.strip():
@@ -35,6 +44,13 @@ class LoadConceptFile(io.ComfyNode):
             inputs=[io.Combo.Input("concept_file", options=_concept_file_choices())],
             outputs=[ConceptsType.Output(display_name="concepts"), io.String.Output(display_name="summary")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, concept_file: str, **_) -> tuple:
+        import folder_paths
+
+        register_model_folders()
+        return _file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, concept_file) or concept_file)
 
     @classmethod
     def execute(cls, concept_file: str) -> io.NodeOutput:
@@ -64,6 +80,11 @@ class SaveConceptFile(io.ComfyNode):
             ],
             outputs=[io.String.Output(display_name="path")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, filename: str, overwrite: bool, **_) -> tuple:
+        register_model_folders()
+        return _file_state(os.path.join(models_subdir(CONCEPTS_FOLDER), _checked_name(filename))), overwrite
 
     @classmethod
     def execute(cls, concepts, filename: str, overwrite: bool) -> io.NodeOutput:
@@ -121,6 +142,10 @@ class ExportConcepts(io.ComfyNode):
             ],
             outputs=[io.String.Output(display_name="files")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, name: str, overwrite: bool, **_) -> tuple:
+        return _file_state(os.path.join(models_subdir("loras"), _checked_name(name))), overwrite
 
     @classmethod
     def execute(cls, concepts, name: str, overwrite: bool) -> io.NodeOutput:

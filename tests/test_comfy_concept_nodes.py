@@ -113,3 +113,43 @@ def test_corrupt_concept_file_fails_on_its_node_and_server_goes_on(comfy_server,
     assert caught.value.node_type == "CLIFLoadConceptFile"
     assert "broken.safetensors" in caught.value.exception_message
     render(comfy_server, native_graph("<alice>", "concepts/after_broken", "alice_bob.safetensors"))
+
+
+def test_save_and_export_nodes_write_files_the_stock_nodes_render_like_apply(comfy_server, installed):
+    from clif_core.concepts.file_format import load_concept_file
+
+    graph = {
+        "1": {"class_type": "CLIFLoadConceptFile", "inputs": {"concept_file": "alice_bob.safetensors"}},
+        "2": {"class_type": "CLIFSaveConceptFile", "inputs": {"concepts": ["1", 0], "filename": "copy",
+                                                             "overwrite": False}},
+        "3": {"class_type": "CLIFExportConcepts", "inputs": {"concepts": ["1", 0], "name": "alice_bob",
+                                                            "overwrite": True}},
+    }
+    comfy_server.run(graph, timeout=120)
+    models = comfy_server.models_dir
+    copy = load_concept_file(models / "clif_concepts" / "copy.safetensors")
+    assert [c.token for c in copy.concepts] == ["<alice>", "<bob>"]
+    for a, b in zip(copy.concepts, installed.concepts):
+        assert all(a.embeddings[k].equal(b.embeddings[k]) for k in b.embeddings)
+    assert (models / "loras" / "alice_bob.safetensors").is_file()
+    assert (models / "embeddings" / "alice.safetensors").is_file()
+
+    # Saving again without overwrite is refused on the Save node; nothing is replaced.
+    before = (models / "clif_concepts" / "copy.safetensors").read_bytes()
+    with pytest.raises(ExecutionFailed) as caught:
+        comfy_server.run({"1": graph["1"], "2": graph["2"]}, timeout=120)
+    assert caught.value.node_type == "CLIFSaveConceptFile" and "overwrite" in caught.value.exception_message
+    assert (models / "clif_concepts" / "copy.safetensors").read_bytes() == before
+
+    # Stock path: LoraLoader + embedding:<name> renders what Apply Concepts renders.
+    stock = native_graph("a photo of embedding:alice on the left", "concepts/stock", None)
+    stock["3"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 1], "clip": ["1", 2],
+                                                        "lora_name": "alice_bob.safetensors",
+                                                        "strength_model": 1.0, "strength_clip": 1.0}}
+    stock["4"]["inputs"]["clip"] = ["3", 1]
+    stock["5"]["inputs"]["clip"] = ["3", 1]
+    stock["7"]["inputs"]["model"] = ["3", 0]
+    via_stock = render(comfy_server, stock)
+    via_apply = render(comfy_server, native_graph("a photo of <alice> on the left", "concepts/apply_cmp",
+                                                  "alice_bob.safetensors"))
+    assert np.abs(via_stock - via_apply).max() <= 1
