@@ -84,6 +84,8 @@ def test_dtype_argument_casts_every_module(tiny_sd1):
     for name, module in _modules(base):
         assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, name
     assert base.dtype == torch.bfloat16
+    # The fingerprint describes the stored weights, not the working precision they were cast to.
+    assert base.fingerprint == load_base_model(tiny_sd1.single_file, device="cpu").fingerprint
 
 
 def test_fingerprint_same_for_fp16_storage_and_differs_for_other_weights(tiny_sd1, tmp_path):

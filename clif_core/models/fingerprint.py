@@ -9,7 +9,9 @@ where concept tokens live.
 So the fingerprint is the same whether a model was read from a diffusers folder or a single-file checkpoint
 (the conversion is exact), and for float32 and float16 storage of the same weights (float16 storage is the
 round-to-nearest of float32, which the hash applies anyway). bfloat16 storage rounds differently and gives
-another fingerprint. The VAE is left out: swapping it does not change what concept files fit the model.
+another fingerprint. `load_base_model` takes it from the weights as stored, before casting them to the
+working dtype, so the same file gives the same fingerprint on a GPU in bf16 and on a CPU in fp32.
+The VAE is left out: swapping it does not change what concept files fit the model.
 """
 
 from __future__ import annotations

@@ -89,6 +89,10 @@ def assemble_base_model(
     dtype = dtype or default_dtype(device)
     for encoder, tokenizer in zip(encoders, tokenizers):
         _fix_legacy_eos_token_id(encoder, tokenizer)
+    # Taken from the weights as stored, before any cast: loading the same file in bf16 on a GPU and in fp32
+    # on a CPU must give the same fingerprint.
+    on_meta = any(p.device.type == "meta" for p in unet.parameters())
+    weights_id = "" if on_meta else fingerprint(unet, encoders)
     modules = [unet, vae, *encoders]
     for module in modules:
         module.requires_grad_(False)
@@ -102,7 +106,7 @@ def assemble_base_model(
         vae=vae,
         scheduler=scheduler,
         text=[TextEncoderSlot(name, tok, enc) for name, tok, enc in zip(spec.text_slots, tokenizers, encoders)],
-        fingerprint="" if device.type == "meta" else fingerprint(unet, encoders),
+        fingerprint=weights_id,
         source=source,
         device=device,
         dtype=dtype,

@@ -2,7 +2,7 @@
 
 Same classes and key layout as the real families, small sizes:
 - UNet: channels (32, 64), one layer per block, cross-attention at both resolutions and in the mid block
-  (about 1.4M parameters for sd1). SDXL-shaped: two text encoders concatenated as context and "text_time"
+  (about 1.1M parameters). SDXL-shaped: two text encoders concatenated as context and "text_time"
   addition embeddings (pooled second-encoder output + 6 size/crop numbers), like SDXL.
 - VAE: AutoencoderKL with 4 latent channels and 2 levels, so the latent is the image downscaled by **2**
   (a 64×64 image gives a 32×32 latent; real SD models downscale by 8).
