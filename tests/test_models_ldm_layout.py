@@ -34,12 +34,8 @@ def _real_file_extras(family, state):
     extras = {"alphas_cumprod": meta(1000), "betas": meta(1000), "model_ema.decay": meta()}
     if family == "sd1":
         extras["cond_stage_model.transformer.text_model.embeddings.position_ids"] = meta(1, 77)
-    if family == "sd2":  # the full 24-layer OpenCLIP-H; SD 2.x uses the penultimate layer's output
-        prefix = "cond_stage_model.model."
-        for key in [k for k in state if k.startswith(prefix + "transformer.resblocks.22.")]:
-            extras[key.replace("resblocks.22.", "resblocks.23.")] = torch.empty_like(state[key])
-        extras[prefix + "text_projection"] = meta(1024, 1024)
-        extras[prefix + "logit_scale"] = meta()
+    if family == "sd2":  # the 24-layer OpenCLIP-H is already complete in what we write
+        assert "cond_stage_model.model.transformer.resblocks.23.ln_1.weight" in state
     if family == "sdxl":
         extras["conditioner.embedders.1.model.logit_scale"] = meta()
     return extras
@@ -96,6 +92,8 @@ KNOWN_KEYS = {
         "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
         "cond_stage_model.model.transformer.resblocks.22.mlp.c_fc.weight": (4096, 1024),
         "cond_stage_model.model.ln_final.weight": (1024,),
+        "cond_stage_model.model.transformer.resblocks.23.attn.in_proj_weight": (3072, 1024),
+        "cond_stage_model.model.text_projection": (1024, 1024),
     },
     "sdxl": {
         "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
@@ -160,3 +158,46 @@ def test_cli_writes_tiny_model_converts_and_inspects(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "family: sd1" in printed and f"fingerprint: {build_tiny_model('sd1', seed=4).fingerprint}" in printed
     assert main(["model", "to-single-file", str(out), str(tmp_path / "x.ckpt")]) == 2
+
+
+def test_sd2_files_get_an_exact_identity_24th_layer():
+    from transformers import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    from clif_core.models.ldm_layout import _complete_open_clip_h
+
+    torch.manual_seed(0)
+    layer22 = {
+        "attn.in_proj_weight": (3072, 1024), "attn.in_proj_bias": (3072,), "attn.out_proj.weight": (1024, 1024),
+        "attn.out_proj.bias": (1024,), "ln_1.weight": (1024,), "ln_1.bias": (1024,), "ln_2.weight": (1024,),
+        "ln_2.bias": (1024,), "mlp.c_fc.weight": (4096, 1024), "mlp.c_fc.bias": (4096,),
+        "mlp.c_proj.weight": (1024, 4096), "mlp.c_proj.bias": (1024,),
+    }
+    written = {"token_embedding.weight": torch.randn(8, 1024)}
+    written.update({f"transformer.resblocks.22.{k}": torch.randn(shape) for k, shape in layer22.items()})
+    done = _complete_open_clip_h(written)
+    assert torch.equal(done["text_projection"], torch.eye(1024))
+    filler = {k[len("transformer.resblocks.23."):]: v for k, v in done.items() if k.startswith("transformer.resblocks.23.")}
+    assert filler.keys() == layer22.keys()
+
+    config = CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, hidden_act="gelu")
+    layer = CLIPEncoderLayer(config).eval()
+    q, k, v = filler["attn.in_proj_weight"].chunk(3)
+    qb, kb, vb = filler["attn.in_proj_bias"].chunk(3)
+    layer.load_state_dict({
+        "self_attn.q_proj.weight": q, "self_attn.k_proj.weight": k, "self_attn.v_proj.weight": v,
+        "self_attn.q_proj.bias": qb, "self_attn.k_proj.bias": kb, "self_attn.v_proj.bias": vb,
+        "self_attn.out_proj.weight": filler["attn.out_proj.weight"], "self_attn.out_proj.bias": filler["attn.out_proj.bias"],
+        "layer_norm1.weight": filler["ln_1.weight"], "layer_norm1.bias": filler["ln_1.bias"],
+        "layer_norm2.weight": filler["ln_2.weight"], "layer_norm2.bias": filler["ln_2.bias"],
+        "mlp.fc1.weight": filler["mlp.c_fc.weight"], "mlp.fc1.bias": filler["mlp.c_fc.bias"],
+        "mlp.fc2.weight": filler["mlp.c_proj.weight"], "mlp.fc2.bias": filler["mlp.c_proj.bias"],
+    })
+    hidden = torch.randn(2, 7, 1024)
+    with torch.no_grad():
+        out = layer(hidden, attention_mask=None, causal_attention_mask=None)
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.equal(out, hidden)
+    # Tiny SD2-shaped encoders are written as they are.
+    tiny = {"token_embedding.weight": torch.zeros(8, 32), "transformer.resblocks.1.ln_1.weight": torch.ones(32)}
+    assert _complete_open_clip_h(tiny) is tiny

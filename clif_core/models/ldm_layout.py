@@ -182,12 +182,36 @@ def clip_to_open_clip(sd: Mapping[str, torch.Tensor]) -> Tensors:
     return out
 
 
+def _complete_open_clip_h(sd: Tensors) -> Tensors:
+    """Add what SD 2.x files carry beyond what diffusers keeps: OpenCLIP-H's 24th layer and its projection.
+
+    SD 2.x conditions on the penultimate layer of the 24-layer OpenCLIP-H, so diffusers keeps 23 layers and
+    drops the rest. ComfyUI builds all 24 and warns about missing weights (leaving them uninitialised). The
+    24th layer is written as an exact identity (pre-norm residual block whose output projections are zero),
+    text_projection as the identity and logit_scale as CLIP's ln(100); diffusers ignores all three on
+    reading, so the round trip stays exact. Only for the published shape (23 layers, width 1024).
+    """
+    width = sd["token_embedding.weight"].shape[1]
+    if width != 1024 or "transformer.resblocks.22.ln_1.weight" not in sd or "transformer.resblocks.23.ln_1.weight" in sd:
+        return sd
+    ref = sd["transformer.resblocks.22.ln_1.weight"]
+    like = lambda *shape: torch.zeros(shape, dtype=ref.dtype, device=ref.device)  # noqa: E731
+    out = dict(sd)
+    for key, value in sd.items():
+        if key.startswith("transformer.resblocks.22."):
+            filler = torch.ones_like(value) if key.endswith(("ln_1.weight", "ln_2.weight")) else like(*value.shape)
+            out[key.replace("resblocks.22.", "resblocks.23.")] = filler
+    out["text_projection"] = torch.eye(width, dtype=ref.dtype, device=ref.device)
+    out["logit_scale"] = torch.tensor(4.6052, dtype=ref.dtype, device=ref.device)
+    return out
+
+
 def text_encoders_to_original(family: str, encoders: list[Mapping[str, torch.Tensor]]) -> Tensors:
     """State dicts of a family's text encoders (in order) → their original-layout keys, prefixes included."""
     if family == "sd1":
         return _prefixed(SD1_CLIP_PREFIX, clip_to_hf_layout(encoders[0]))
     if family == "sd2":
-        return _prefixed(SD2_CLIP_PREFIX, clip_to_open_clip(encoders[0]))
+        return _prefixed(SD2_CLIP_PREFIX, _complete_open_clip_h(clip_to_open_clip(encoders[0])))
     if family == "sdxl":
         out = _prefixed(SDXL_CLIP_L_PREFIX, clip_to_hf_layout(encoders[0]))
         out.update(_prefixed(SDXL_CLIP_G_PREFIX, clip_to_open_clip(encoders[1])))
