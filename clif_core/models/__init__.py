@@ -1,1 +1,12 @@
-"""Base models: loading (diffusers folders, single-file checkpoints), family detection, tiny fixtures."""
+"""Base models: loading (diffusers folders, single files), family detection, tiny fixtures.
+
+Public API (import from the submodules; this package imports nothing heavy so the pack starts fast):
+- `loader.load_base_model(path, *, device=None, dtype=None, prediction_type=None) -> BaseModel`
+- `families.FAMILIES`, `get_family`, `detect_family_from_state_dict`, `detect_family_from_diffusers_dir`
+- `device.pick_device_and_dtype(prefer=None) -> (device, dtype)`
+- `fingerprint.fingerprint(unet, text_encoders) -> str`
+- `ldm_layout.to_original_state_dict(base)`, `save_single_file(base, path)`: the layout ComfyUI loads
+- `tiny.build_tiny_model`, `build_tiny_vision_tower`, `write_tiny_model`: small SD-shaped test models
+- `random_model.build_published_architecture`: SD 1.5 / 2.1 / XL shapes with random weights (benchmarks)
+- `clip_bpe.clip_tokenizer(pad_token)`: CLIP's tokenizer from the bundled BPE files
+"""
