@@ -1,0 +1,379 @@
+"""The training loop every trainer of the pack shares (CLIF's two stages, erasure).
+
+A trainer supplies a `TrainTask`: its trainable parameter groups, its modules, how many samples it has,
+the order of one epoch, how to load a batch and its loss. `run_training` owns the rest:
+
+- accelerate: device, mixed precision (no / fp16 / bf16 autocast over fp32 master weights), fp16 loss
+  scaling, several processes (`accelerate launch`; gradients are averaged over processes every step);
+- gradient accumulation, gradient clipping, linear warm-up, gradient checkpointing, AdamW (8-bit with
+  bitsandbytes on CUDA);
+- a fixed seed. The random numbers of micro-step m on process r come from a generator seeded with
+  (seed, m, r), and the data order of epoch e from (seed, e): both are functions of the step, so a
+  checkpoint (trainable tensors, optimizer, scaler, loss history, step) resumes bit-identically, and
+  nothing the caller does between steps (previews, other nodes) can change the run;
+- the Reporter: progress every step with a preview every `preview_every` steps, a cancel check before
+  every micro-step. A cancel (or an exception from the reporter, as ComfyUI's interrupt) between steps
+  saves a checkpoint of the finished steps first, so running again continues where it stopped;
+- periodic checkpoints into the run folder (the last `keep_checkpoints` kept), the loss curve as CSV/PNG;
+- a loss that is not finite stops the run with a ClifError before the optimizer step, leaving the last
+  good checkpoint as it is.
+The loop never writes a trainer's final output: trainers do that after `run_training` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+
+from clif_core.errors import Cancelled, ClifError
+from clif_core.progress import SILENT, Reporter
+
+from .checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
+from .curve import draw_loss_curve, save_loss_png, write_loss_csv
+from .optim import make_optimizer, warmup_factor
+from .run_folder import RunFolder
+
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class LoopConfig:
+    """How to train, independent of what is trained. `batch_size` is per process and micro-step; the
+    effective batch is batch_size × grad_accum × processes."""
+
+    steps: int = 500
+    batch_size: int = 4
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA (fp16 where unsupported), no on CPU
+    gradient_checkpointing: bool = False
+    adam_8bit: bool = True  # used when bitsandbytes is installed and the device is CUDA
+    weight_decay: float = 1e-2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    warmup_steps: int = 0
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    preview_every: int = 0  # 0: no previews
+    log_every: int = 10
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ClifError(f"training setting {name} is {getattr(self, name)}; it must be at least 1")
+        for name in ("preview_every", "log_every", "warmup_steps", "weight_decay", "max_grad_norm", "adam_eps"):
+            if getattr(self, name) < 0:
+                raise ClifError(f"training setting {name} is {getattr(self, name)}; it cannot be negative")
+        if self.mixed_precision not in PRECISIONS:
+            raise ClifError(f"mixed_precision {self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+@dataclass
+class ParamGroup:
+    """Trainable tensors that share a learning rate. Names must be stable across runs (checkpoints use them)."""
+
+    name: str
+    params: dict[str, torch.nn.Parameter]
+    lr: float
+    weight_decay: Optional[float] = None  # None: LoopConfig.weight_decay
+
+
+class TrainTask(Protocol):
+    """What a trainer gives the loop. Every method must be deterministic given the global random state."""
+
+    def param_groups(self) -> list[ParamGroup]: ...
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Modules to put in train mode (and gradient checkpointing) while training."""
+        ...
+
+    def num_samples(self) -> int: ...
+
+    def epoch_order(self, epoch: int, seed: int, batch_size: int) -> list[int]:
+        """Sample indices of one epoch in order; the loop cuts it into consecutive batches of
+        batch_size × processes (process r takes the r-th slice of batch_size) and drops the remainder."""
+        ...
+
+    def load_batch(self, indices: Sequence[int]) -> Any: ...
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """A scalar loss (called under the accelerator's autocast)."""
+        ...
+
+    def preview(self) -> Optional[Any]:
+        """A PIL image showing the current state, or None for the loss curve."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[tuple[int, float, float]]
+    resumed_from: Optional[int]  # the checkpoint step this call started from
+    optimizer: str
+    precision: str
+    processes: int
+    run: RunFolder = field(repr=False)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1][1] if self.history else math.nan
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> str:
+    if mixed_precision == "auto":
+        if device.type != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ClifError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this device")
+    return mixed_precision
+
+
+def distributed_launch() -> bool:
+    """True inside `accelerate launch`/torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_accelerator(config: LoopConfig, device: Optional[torch.device] = None) -> Any:
+    """An `accelerate.Accelerator` for `config` on `device` (default: what the launch environment says).
+
+    accelerate keeps its state in process-wide singletons that refuse a second precision; a long-lived
+    single process (ComfyUI) trains many times, so that state is reset first when no launcher started us.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    if not distributed_launch():
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if device is None:
+        device = PartialState().device
+    precision = resolve_precision(config.mixed_precision, torch.device(device))
+    return Accelerator(mixed_precision=precision, cpu=torch.device(device).type == "cpu")
+
+
+def sub_reporter(reporter: Reporter, offset: int, total: int) -> Reporter:
+    """A Reporter for one part of a longer job: steps are shifted by `offset` within `total`."""
+    return Reporter(
+        progress=lambda step, _steps, preview=None: reporter.progress(offset + step, total, preview),
+        should_stop=reporter.should_stop,
+        log=reporter.log,
+    )
+
+
+def _micro_seed(seed: int, micro_step: int, rank: int) -> int:
+    digest = hashlib.blake2b(f"clif:{seed}:{micro_step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _set_gradient_checkpointing(modules: Sequence[torch.nn.Module], on: bool) -> None:
+    for module in modules:
+        if on and hasattr(module, "enable_gradient_checkpointing"):  # diffusers
+            module.enable_gradient_checkpointing()
+        elif on and hasattr(module, "gradient_checkpointing_enable"):  # transformers
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif not on and hasattr(module, "disable_gradient_checkpointing"):
+            module.disable_gradient_checkpointing()
+        elif not on and hasattr(module, "gradient_checkpointing_disable"):
+            module.gradient_checkpointing_disable()
+
+
+class _EpochOrders:
+    """Epoch orders, computed once each (a task's order may be costly, e.g. the hard-negative composer)."""
+
+    def __init__(self, task: TrainTask, seed: int, batch_size: int):
+        self.task, self.seed, self.batch_size = task, seed, batch_size
+        self.epoch, self.order = -1, []
+
+    def get(self, epoch: int) -> list[int]:
+        if epoch != self.epoch:
+            self.epoch, self.order = epoch, list(self.task.epoch_order(epoch, self.seed, self.batch_size))
+        return self.order
+
+
+def run_training(
+    task: TrainTask,
+    config: LoopConfig,
+    run: RunFolder,
+    accelerator: Any,
+    reporter: Reporter = SILENT,
+    label: str = "training",
+) -> TrainResult:
+    """Train `task` for `config.steps` optimizer steps, resuming from the run folder's latest checkpoint.
+
+    `run` must have been opened (`RunFolder.open`) with the recipe of this run. Returns the loss history of
+    the whole run (earlier sessions included). Raises Cancelled when the reporter asks to stop and ClifError
+    when the loss is not finite.
+    """
+    config.check()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    groups = task.param_groups()
+    named: dict[str, torch.nn.Parameter] = {}
+    for g in groups:
+        for name, p in g.params.items():
+            key = f"{g.name}/{name}"
+            if key in named:
+                raise ValueError(f"trainable tensor {key} appears twice")
+            if p.dtype != torch.float32:
+                raise ValueError(f"trainable tensor {key} is {p.dtype}; master weights must be float32")
+            p.requires_grad_(True)
+            named[key] = p
+    if not named:
+        raise ClifError(f"{label}: nothing to train (every trainable part is switched off)")
+    params = list(named.values())
+    torch_groups = [
+        {"params": list(g.params.values()), "lr": g.lr, "initial_lr": g.lr,
+         **({"weight_decay": g.weight_decay} if g.weight_decay is not None else {})}
+        for g in groups
+    ]
+    device = accelerator.device
+    optimizer, optimizer_name = make_optimizer(
+        torch_groups, device, config.adam_8bit, tuple(config.adam_betas), config.adam_eps, config.weight_decay
+    )
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    precision = accelerator.mixed_precision
+
+    history: list[tuple[int, float, float]] = []
+    start = 0
+    found = run.latest_checkpoint(config.steps)
+    if found is not None:
+        ckpt = load_checkpoint(found[1])
+        if sorted(ckpt.params) != sorted(named):
+            raise ClifError(
+                f"checkpoint {found[1]} holds the tensors of another setup; restart the run or use another run name"
+            )
+        with torch.no_grad():
+            for key, p in named.items():
+                p.copy_(ckpt.params[key])
+        optimizer.load_state_dict(ckpt.optimizer)
+        if accelerator.scaler is not None and ckpt.scaler:
+            accelerator.scaler.load_state_dict(ckpt.scaler)
+        history, start = list(ckpt.history), ckpt.step
+        reporter.log(f"{label}: resuming from step {start} ({found[1].name})")
+    last_saved = start
+
+    per_batch = config.batch_size * world
+    orders = _EpochOrders(task, config.seed, config.batch_size)
+    per_epoch = len(orders.get(0)) // per_batch
+    if per_epoch == 0:
+        raise ClifError(
+            f"{label}: {task.num_samples()} training samples give no full batch of {per_batch} "
+            f"(batch size {config.batch_size} × {world} process(es)); lower the batch size or add samples"
+        )
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if main:
+            ckpt = Checkpoint(
+                step=step,
+                params={k: p.detach().cpu().clone() for k, p in named.items()},
+                optimizer=optimizer.state_dict(),
+                history=history,
+                scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            )
+            save_checkpoint(ckpt, run.checkpoints_dir / checkpoint_name(step))
+            for old_step, path in run.checkpoints()[: -config.keep_checkpoints]:
+                path.unlink(missing_ok=True)
+            write_loss_csv(history, run.loss_csv)
+            save_loss_png([(label, history)], run.loss_png)
+        last_saved = step
+
+    modules = task.modules()
+    was_training = [m.training for m in modules]
+    _set_gradient_checkpointing(modules, config.gradient_checkpointing)
+    for m in modules:
+        m.train()
+    reporter.log(
+        f"{label}: {config.steps} steps, batch {config.batch_size} × {config.grad_accum} accumulation × {world} "
+        f"process(es), {precision} precision, {optimizer_name}, {sum(p.numel() for p in params):,} trainable values"
+    )
+    between_steps = True
+    step = start
+    fork_devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            reporter.progress(step, config.steps, None)
+            while step < config.steps:
+                factor = warmup_factor(step, config.warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+                micro_losses = []
+                for a in range(config.grad_accum):
+                    stop = reporter.should_stop()
+                    if world > 1:  # every process stops at the same micro-step, or collectives would hang
+                        stop = bool(accelerator.reduce(torch.tensor(float(stop), device=device), "max").item())
+                    if stop:
+                        raise Cancelled(f"{label} stopped on request after {step} steps; nothing final was written")
+                    between_steps = False
+                    micro = step * config.grad_accum + a
+                    torch.manual_seed(_micro_seed(config.seed, micro, rank))
+                    order = orders.get(micro // per_epoch)
+                    at = (micro % per_epoch) * per_batch + rank * config.batch_size
+                    batch = task.load_batch(order[at : at + config.batch_size])
+                    with accelerator.autocast():
+                        loss = task.loss(batch)
+                    micro_losses.append(loss.detach().float())
+                    accelerator.backward(loss / config.grad_accum)
+                mean_loss = torch.stack(micro_losses).mean()
+                if world > 1:
+                    mean_loss = accelerator.reduce(mean_loss, "mean")
+                value = float(mean_loss.item())
+                if not math.isfinite(value):
+                    kept = run.checkpoints()
+                    where = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else \
+                        "no checkpoint was written yet"
+                    raise ClifError(
+                        f"{label}: the loss became {value} at step {step + 1}; the run stopped and {where}. "
+                        "Lower the learning rate, use bf16 instead of fp16, or check the data"
+                    )
+                if world > 1:
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                        p.grad.copy_(accelerator.reduce(p.grad, "mean"))
+                if config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                history.append((step, value, optimizer.param_groups[0]["lr"]))
+                between_steps = True
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    save(step)
+                    accelerator.wait_for_everyone()
+                if config.log_every and (step % config.log_every == 0 or step == config.steps):
+                    reporter.log(f"{label}: step {step}/{config.steps} loss {value:.5f}")
+                preview = None
+                if main and config.preview_every and step % config.preview_every == 0:
+                    with torch.no_grad():
+                        preview = task.preview() or draw_loss_curve([(label, history)])
+                reporter.progress(step, config.steps, preview)
+    except BaseException:
+        # A cancel (or the host's interrupt raised from the reporter) between steps keeps the finished ones.
+        if between_steps and step > last_saved:
+            save(step)
+            reporter.log(f"{label}: stopped after step {step}; checkpoint saved, running again resumes here")
+        raise
+    finally:
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
+        _set_gradient_checkpointing(modules, False)
+        optimizer.zero_grad(set_to_none=True)
+        for p in params:
+            p.requires_grad_(False)
+    return TrainResult(
+        steps=step, history=history, resumed_from=found[0] if found else None, optimizer=optimizer_name,
+        precision=precision, processes=world, run=run,
+    )
