@@ -118,3 +118,50 @@ def test_comfyui_recognises_and_maps_real_size_files(comfy_report, family, comfy
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_comfyui_maps_tiny_files_value_for_value(comfy_report, family):
     assert comfy_report[f"{family}/tiny"]["problems"] == []
+
+
+_FULL_LOAD = textwrap.dedent(
+    """
+    import io, json, logging, sys
+    comfy_dir, repo, family, path = sys.argv[1:5]
+    sys.path[:0] = [comfy_dir, repo]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    log = io.StringIO()
+    logging.basicConfig(stream=log, level=logging.WARNING)
+    import torch
+    from safetensors.torch import load_file
+    from clif_core.models.ldm_layout import save_single_file
+    from clif_core.models.random_model import build_published_architecture
+    save_single_file(build_published_architecture(family, dtype=torch.float16), path)
+    import comfy.sd
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    written = load_file(path)
+    def differing(module, prefix):
+        state = module.state_dict()
+        return [k for k, v in state.items()
+                if not torch.equal(v.cpu().to(written[prefix + k].dtype).reshape(written[prefix + k].shape), written[prefix + k])]
+    print("REPORT" + json.dumps({
+        "class": type(model.model.model_config).__name__,
+        "unet_differ": differing(model.model.diffusion_model, "model.diffusion_model."),
+        "vae_differ": differing(vae.first_stage_model, "first_stage_model."),
+        "warnings": [l for l in log.getvalue().splitlines() if "missing: [" in l or "left over keys" in l],
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(not os.environ.get("CLIF_REAL_SIZE"), reason="set CLIF_REAL_SIZE=1 (writes 2-7 GB, minutes)")
+@pytest.mark.parametrize("family,comfy_class", [("sd1", "SD15"), ("sd2", "SD20"), ("sdxl", "SDXL")])
+def test_comfyui_loads_real_size_files_bit_exact(tmp_path, family, comfy_class):
+    """Opt-in: a real-size random-weight file written here, loaded by ComfyUI's own checkpoint loader."""
+    comfy_dir = ensure_comfyui()
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_LOAD, str(comfy_dir), str(REPO_ROOT), family, str(tmp_path / "m.safetensors")],
+        cwd=comfy_dir, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=1800,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    report = json.loads(lines[-1][len("REPORT"):])
+    assert report == {"class": comfy_class, "unet_differ": [], "vae_differ": [], "warnings": []}
