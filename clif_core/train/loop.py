@@ -178,15 +178,20 @@ def _micro_seed(seed: int, micro_step: int, rank: int) -> int:
 
 
 def _set_gradient_checkpointing(modules: Sequence[torch.nn.Module], on: bool) -> None:
+    """Switch activation checkpointing on a diffusers or transformers module (transformers 5 renamed it)."""
     for module in modules:
-        if on and hasattr(module, "enable_gradient_checkpointing"):  # diffusers
-            module.enable_gradient_checkpointing()
-        elif on and hasattr(module, "gradient_checkpointing_enable"):  # transformers
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif not on and hasattr(module, "disable_gradient_checkpointing"):
-            module.disable_gradient_checkpointing()
-        elif not on and hasattr(module, "gradient_checkpointing_disable"):
-            module.gradient_checkpointing_disable()
+        if hasattr(module, "enable_gradient_checkpointing"):  # diffusers
+            module.enable_gradient_checkpointing() if on else module.disable_gradient_checkpointing()
+        elif hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5
+            if on:
+                module.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                module.activation_checkpointing_disable()
+        elif hasattr(module, "gradient_checkpointing_enable"):  # transformers 4
+            if on:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_disable()
 
 
 class _EpochOrders:
@@ -292,7 +297,8 @@ def run_training(
 
     modules = task.modules()
     was_training = [m.training for m in modules]
-    _set_gradient_checkpointing(modules, config.gradient_checkpointing)
+    if config.gradient_checkpointing:
+        _set_gradient_checkpointing(modules, True)
     for m in modules:
         m.train()
     reporter.log(
@@ -369,7 +375,8 @@ def run_training(
     finally:
         for m, mode in zip(modules, was_training):
             m.train(mode)
-        _set_gradient_checkpointing(modules, False)
+        if config.gradient_checkpointing:
+            _set_gradient_checkpointing(modules, False)
         optimizer.zero_grad(set_to_none=True)
         for p in params:
             p.requires_grad_(False)

@@ -1,0 +1,319 @@
+"""Stage 1 of CLIF: contrastive image-language fine-tuning of the concept token embeddings.
+
+Image side: a frozen CLIP vision tower; its embeddings of every dataset image are computed once. Text side:
+the end-of-text feature of the caption through the paired text encoder (`vision.pair_encoder`) and CLIP's
+text projection. Trained: the concept token rows of that encoder (k per concept, starting from the class
+word), optionally a LoRA on the encoder, optionally the temperature. Loss: symmetric InfoNCE on unit-length
+features, L = ½[CE(s·I·Tᵀ) + CE(s·T·Iᵀ)], s = exp(logit scale) ≤ 100; identical captions in a batch count
+as positives of each other. Batches hold hard negatives together (`data.hard_negative_order`).
+
+SD1/SD2 text encoders ship without CLIP's text projection. When the vision source is a full CLIP model its
+projection is used; otherwise a linear head (identity at the start when the widths agree) is learnt along
+and discarded afterwards. The output is an intermediate concept file: the embeddings of every encoder
+(untrained encoders keep their class-word start) and the optional text LoRA, for stage 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clif_core.concepts.file_format import ConceptFile
+from clif_core.concepts.lora_keys import TEXT_LORA_TARGETS, lora_from_peft, text_encoder_keys
+from clif_core.errors import ClifError
+from clif_core.progress import SILENT, Reporter
+
+from . import data
+from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
+from .run_folder import RunFolder
+from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
+from .text import pooled_features
+from .tokens import ConceptTokens, initial_concepts
+from .vision import VisionTower, load_vision_tower, pair_encoder
+
+OUTPUT = "stage1.safetensors"
+ADAPTER = "clif_stage1"
+CLIP_LOGIT_SCALE = math.log(100.0)  # trained CLIP models sit at the clamp, s = 100
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(steps=400, batch_size=32, checkpoint_every=100, log_every=25)
+
+
+@dataclass
+class ContrastiveConfig:
+    """Stage 1 settings; `loop` holds the shared ones (steps, batch size, precision, seed, …)."""
+
+    vectors: int = 2  # token vectors per concept (the public code uses 2)
+    lr: float = 1e-4  # token rows (and the learnt projection head, when there is one)
+    text_lora_rank: int = 0  # 0: token rows only
+    text_lora_alpha: float = 0.0  # 0: the rank (scale 1)
+    text_lora_lr: float = 1e-4
+    text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    learnable_temperature: bool = False
+    temperature_lr: float = 1e-3
+    holdout: float = 0.1  # fraction of composition groups held out for the retrieval metric
+    loop: LoopConfig = field(default_factory=_default_loop)
+
+    def check(self) -> None:
+        self.loop.check()
+        if self.vectors < 1:
+            raise ClifError(f"vectors per concept is {self.vectors}; it must be at least 1")
+        for name in ("lr", "text_lora_lr", "temperature_lr"):
+            if getattr(self, name) < 0:
+                raise ClifError(f"stage 1 setting {name} is {getattr(self, name)}; it cannot be negative")
+        if self.text_lora_rank < 0:
+            raise ClifError(f"text_lora_rank is {self.text_lora_rank}; use 0 (no LoRA) or more")
+        bad = [t for t in self.text_lora_targets if t not in TEXT_LORA_TARGETS]
+        if self.text_lora_rank and (bad or not self.text_lora_targets):
+            raise ClifError(f"text LoRA targets {list(self.text_lora_targets)}: choose among {', '.join(TEXT_LORA_TARGETS)}")
+        if self.text_lora_rank and {"q_proj", "k_proj", "v_proj"} & set(self.text_lora_targets) \
+                and "out_proj" not in self.text_lora_targets:
+            raise ClifError("a text LoRA on q/k/v_proj must include out_proj (diffusers cannot load it otherwise)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["text_lora_targets"] = list(self.text_lora_targets)
+        d["loop"] = self.loop.to_dict()
+        return d
+
+
+def info_nce(image: torch.Tensor, text: torch.Tensor, captions: Sequence[str], scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE on L2-normalised features; pairs with the same caption are positives of each other."""
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
+    logits = scale.float() * image @ text.T
+    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=logits.device)
+    targets = same / same.sum(dim=1, keepdim=True)  # symmetric, so it serves both directions
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+class TextSide(torch.nn.Module):
+    """Captions → text features in the image embedding space (encoder + projection), with the temperature."""
+
+    def __init__(self, slot: Any, tower: VisionTower, logit_scale: float, learnable_temperature: bool, seed: int):
+        super().__init__()
+        self.slot = slot
+        self.device = next(slot.encoder.parameters()).device
+        self.fixed_projection: Optional[torch.Tensor] = None
+        self.head: Optional[torch.nn.Linear] = None
+        has_own = getattr(slot.encoder, "text_projection", None) is not None
+        if not has_own and tower.text_projection is not None:
+            self.fixed_projection = tower.text_projection
+        elif not has_own:
+            width, proj = slot.width, tower.projection_dim
+            self.head = torch.nn.Linear(width, proj, bias=False, device=self.device)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                if width == proj:
+                    self.head.weight.copy_(torch.eye(proj))
+                else:
+                    torch.nn.init.orthogonal_(self.head.weight)
+            self.head.requires_grad_(False)
+        scale = torch.tensor(logit_scale, dtype=torch.float32, device=self.device)
+        self.logit_scale = torch.nn.Parameter(scale.clone(), requires_grad=False) if learnable_temperature else None
+        self.fixed_scale = scale
+
+    @property
+    def projection(self) -> str:
+        if self.head is not None:
+            return "learnt linear head (this encoder has no CLIP text projection)"
+        if self.fixed_projection is not None:
+            return "CLIP text projection from the vision checkpoint"
+        return "the encoder's own text projection"
+
+    def scale(self) -> torch.Tensor:
+        value = self.logit_scale if self.logit_scale is not None else self.fixed_scale
+        # CLIP's clamp, compared in float32 so that a scale starting at the bound still gets a gradient
+        return torch.minimum(value, value.new_tensor(CLIP_LOGIT_SCALE)).exp()
+
+    def forward(self, captions: Sequence[str]) -> torch.Tensor:
+        features = pooled_features(self.slot, captions, self.device)
+        if self.head is not None:
+            features = self.head(features.to(self.head.weight.dtype))
+        elif self.fixed_projection is not None:
+            features = features.float() @ self.fixed_projection.T
+        return features
+
+
+class ContrastiveTask:
+    """The loop's view of stage 1."""
+
+    def __init__(self, ds: Any, train_idx: list[int], features: torch.Tensor, captions: list[str],
+                 tokens: ConceptTokens, text: TextSide, config: ContrastiveConfig, lora: dict[str, torch.nn.Parameter]):
+        self.ds, self.train_idx, self.features, self.captions = ds, train_idx, features, captions
+        self.tokens, self.text, self.config, self.lora = tokens, text, config, lora
+
+    def param_groups(self) -> list[ParamGroup]:
+        c = self.config
+        groups = [ParamGroup("tokens", {self.text.slot.name: self.tokens.rows[self.text.slot.name]}, c.lr, 0.0)]
+        if self.text.head is not None:
+            groups.append(ParamGroup("head", {"weight": self.text.head.weight}, c.lr))
+        if self.lora:
+            groups.append(ParamGroup("text_lora", self.lora, c.text_lora_lr))
+        if self.text.logit_scale is not None:
+            groups.append(ParamGroup("temperature", {"logit_scale": self.text.logit_scale}, c.temperature_lr, 0.0))
+        return groups
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.text.slot.encoder]
+
+    def num_samples(self) -> int:
+        return len(self.train_idx)
+
+    def epoch_order(self, epoch: int, seed: int, batch_size: int) -> list[int]:
+        return data.hard_negative_order(self.ds.records, self.train_idx, epoch, seed, batch_size)
+
+    def load_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
+        return self.features[list(indices)], [self.captions[i] for i in indices]
+
+    def loss(self, batch: tuple[torch.Tensor, list[str]]) -> torch.Tensor:
+        image, captions = batch
+        return info_nce(image, self.text(captions), captions, self.text.scale())
+
+    def preview(self) -> None:
+        return None  # the loop shows the loss curve
+
+
+@torch.no_grad()
+def image_features(ds: Any, tower: VisionTower, batch: int = 32) -> torch.Tensor:
+    """The tower's embedding of every dataset image, float32 [N, D] (the tower is frozen: computed once)."""
+    out = []
+    for start in range(0, len(ds), batch):
+        images = torch.stack([ds[i].image for i in range(start, min(len(ds), start + batch))])
+        out.append(tower.encode(images))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_features(text: TextSide, captions: Sequence[str], autocast: Any, batch: int = 64) -> torch.Tensor:
+    out = []
+    for start in range(0, len(captions), batch):
+        with autocast():
+            out.append(text(captions[start : start + batch]).float())
+    return torch.cat(out)
+
+
+def retrieval_accuracy(image: torch.Tensor, text: torch.Tensor, captions: Sequence[str]) -> dict[str, float]:
+    """Top-1 caption↔image retrieval among the given pairs; retrieving an identical caption counts as right."""
+    sim = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+    i2t = sum(captions[j] == captions[i] for i, j in enumerate(sim.argmax(dim=1).tolist()))
+    t2i = sum(captions[i] == captions[j] for j, i in enumerate(sim.argmax(dim=0).tolist()))
+    n = max(1, len(captions))
+    return {"image_to_caption": i2t / n, "caption_to_image": t2i / n, "pairs": len(captions)}
+
+
+def pairwise_cosine(concepts: ConceptFile | Sequence[Any], encoder: str) -> dict[str, float]:
+    """Cosine similarity of every pair of concepts' flattened [k, width] embeddings of `encoder`."""
+    entries = concepts.concepts if isinstance(concepts, ConceptFile) else list(concepts)
+    out = {}
+    for i, a in enumerate(entries):
+        for b in entries[i + 1 :]:
+            out[f"{a.token}|{b.token}"] = float(F.cosine_similarity(
+                a.embeddings[encoder].flatten().float(), b.embeddings[encoder].flatten().float(), dim=0))
+    return out
+
+
+def _evaluate(task: ContrastiveTask, held: list[int], autocast: Any) -> dict[str, Any]:
+    """Loss on (up to 256 of) the training pairs as one batch, and retrieval on the held-out pairs."""
+    text = task.text
+    sample = task.train_idx[:256]
+    caps = [task.captions[i] for i in sample]
+    feats = text_features(text, caps, autocast)
+    out: dict[str, Any] = {
+        "train_loss": float(info_nce(task.features[sample], feats, caps, text.scale().detach())),
+        "concept_cosine": pairwise_cosine(task.tokens.entries(), text.slot.name),
+    }
+    if held:
+        held_caps = [task.captions[i] for i in held]
+        out["retrieval_heldout"] = retrieval_accuracy(task.features[held], text_features(text, held_caps, autocast),
+                                                      held_caps)
+    return out
+
+
+def train_contrastive(
+    base: Any,
+    dataset: str | Path,
+    vision: str | Path | VisionTower,
+    run_dir: str | Path,
+    config: Optional[ContrastiveConfig] = None,
+    reporter: Reporter = SILENT,
+    accelerator: Any = None,
+    restart: bool = False,
+) -> StageResult:
+    """Run stage 1 on `base` (a BaseModel, left unchanged afterwards) with the augmented `dataset` folder.
+
+    Writes RUN/stage1.safetensors (an intermediate concept file) and RUN/metrics.json; resumes from RUN's
+    checkpoints when the settings match (`restart` starts over).
+    """
+    config = config or ContrastiveConfig()
+    config.check()
+    ds = data.open_dataset(dataset)
+    accelerator = accelerator or make_accelerator(config.loop, base.device)
+    check_precision(base, accelerator.mixed_precision)
+    tower = vision if isinstance(vision, VisionTower) else load_vision_tower(vision, base.device, base.dtype)
+    slot_name, note = pair_encoder(base, tower)
+    run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
+    recipe = {
+        "stage": "contrastive", "config": config.to_dict(), "base": base_recipe(base),
+        "dataset": data.dataset_fingerprint(ds), "vision": {"projection_dim": tower.projection_dim,
+                                                             "hidden_size": int(tower.model.config.hidden_size)},
+    }
+    open_run(run, recipe, restart, accelerator)
+    reporter.log(f"stage 1: {note}")
+
+    train_idx, held = data.holdout_split(ds.records, config.holdout, config.loop.seed)
+    if not train_idx:
+        raise ClifError(f"dataset {ds.root} leaves no training samples after holding out {config.holdout:.0%}")
+    features = image_features(ds, tower)
+    init = initial_concepts(base, data.dataset_concepts(ds), config.vectors)
+    tokens = ConceptTokens(base, init, trainable=[slot_name])
+    try:
+        slot = base.slot(slot_name)
+        captions = [tokens.expand(r.caption) for r in ds.records]
+        lora = _add_text_lora(slot.encoder, config) if config.text_lora_rank else {}
+        logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
+        text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
+        task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora)
+        before = _evaluate(task, held, accelerator.autocast)
+        trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")
+        after = _evaluate(task, held, accelerator.autocast)
+        text_lora = lora_from_peft(slot.encoder, text_encoder_keys(base.family, slot_name).kohya_prefix, ADAPTER) \
+            if lora else {}
+        concepts = ConceptFile(
+            concepts=tokens.entries(), base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, text_lora=text_lora,
+            recipe={"stage1": recipe}, title=", ".join(c.name for c in init.concepts) + " (stage 1)",
+        )
+    finally:
+        tokens.remove()
+    metrics = {
+        "paired_encoder": slot_name, "projection": text.projection, "temperature": float(text.scale()),
+        "before": before, "after": after, "final_loss": trained.final_loss,
+    }
+    concepts.metadata = {"stage1": {**metrics, "note": note}}
+    result = StageResult(concepts, run.output(OUTPUT), run.path, metrics, [note], trained)
+    write_outputs(result, run, accelerator)
+    reporter.log(f"stage 1 concept cosine {before['concept_cosine']} → {after['concept_cosine']}")
+    return result
+
+
+def _add_text_lora(encoder: Any, config: ContrastiveConfig) -> dict[str, torch.nn.Parameter]:
+    """A peft LoRA on the text encoder (weights drawn from the run's seed); its float32 parameters by name."""
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.loop.seed)
+        encoder.add_adapter(LoraConfig(
+            r=config.text_lora_rank, lora_alpha=config.text_lora_alpha or config.text_lora_rank,
+            target_modules=list(config.text_lora_targets), lora_dropout=0.0,
+        ), adapter_name=ADAPTER)
+    params = {n: p for n, p in encoder.named_parameters() if f".{ADAPTER}." in n}
+    for p in params.values():
+        p.data = p.data.float()
+    return params
