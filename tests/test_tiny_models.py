@@ -97,17 +97,17 @@ def test_cpu_forward_at_64px_is_well_under_a_second(family):
         with FlopCounterMode(display=False) as counter:
             latent, noise_pred, decoded = _one_denoise(base)
         timings = []
-        for _ in range(5):
-            start = time.perf_counter()
+        for _ in range(5):  # CPU time of this process: steady when other processes share the cores
+            start = time.process_time()
             _one_denoise(base)
-            timings.append(time.perf_counter() - start)
+            timings.append(time.process_time() - start)
     assert latent.shape == noise_pred.shape == (1, 4, TINY_IMAGE_SIZE // 2, TINY_IMAGE_SIZE // 2)
     assert decoded.shape == (1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     assert torch.isfinite(decoded).all()
-    # Text encoders + VAE encode + one UNet step + VAE decode: about 2.8 GFLOP, about 0.1 s on an idle
-    # 2-core machine. The FLOP budget is the deterministic check; the clock is loose for busy CI machines.
+    # Text encoders + VAE encode + one UNet step + VAE decode: about 2.8 GFLOP, about 0.1 s wall-clock
+    # (0.2 CPU-seconds over 2 threads) on an idle 2-core machine.
     assert counter.get_total_flops() < 4e9
-    assert min(timings) < 2.0, timings
+    assert min(timings) < 1.0, timings
 
 
 @pytest.mark.parametrize("family,paired", [("sd1", "clip_l"), ("sdxl", "clip_g")])
