@@ -1,0 +1,130 @@
+"""`clif sample`: images from a base model with concept files and erasure patches, each PNG carrying its recipe.
+
+    clif sample --base models/checkpoints/sd15.safetensors --concepts alice_bob.safetensors:0.9 \\
+                --prompt "<alice> and <bob> playing poker" --steps 30 --cfg 7 --seed 1 --batch 4 --out renders
+    clif sample --base … --prompt "two people in a park" --region "<alice>, a woman" --region "<bob>, a man" \\
+                --layout left_right --out renders
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from clif_core.errors import ClifError
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `sample` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
+    from .config import SCHEDULERS
+    from .regional import LAYOUTS
+
+    p = subparsers.add_parser(
+        "sample",
+        help="generate images with concept files / erasure patches (PNG files carry their recipe)",
+        description="Sample images from a base model with any number of concept files and erasure patches applied.",
+    )
+    p.add_argument("--base", required=True, help="base model: a diffusers folder or a .safetensors checkpoint")
+    p.add_argument("--prompt", required=True, help="the prompt; concept placeholders such as <alice> are allowed")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--concepts", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a concept file or erasure patch, optionally with a LoRA strength (default 1); repeat")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (1 or less: off)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
+    p.add_argument("--width", type=int, help="default: the model's native size")
+    p.add_argument("--height", type=int, help="default: the model's native size")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--region", action="append", default=[], metavar="PROMPT",
+                   help="a region prompt (repeat); regions are placed by --layout, --boxes or --region-mask")
+    p.add_argument("--layout", choices=LAYOUTS, default="left_right", help="where the --region prompts go")
+    p.add_argument("--boxes", help="explicit boxes 'x0,y0,x1,y1; …' (fractions of width/height), one per region")
+    p.add_argument("--region-mask", action="append", default=[], metavar="IMAGE",
+                   help="a grayscale mask image per region (white = the region); repeat")
+    p.add_argument("--region-strength", type=float, default=1.0,
+                   help="how much region prompts replace the global prompt inside their regions (0..1)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument("--name", default="clif", help="file name prefix: NAME-SEED.png")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
+    p.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best present)")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_concept_arg(text: str) -> tuple[Path, float]:
+    """"FILE" or "FILE:STRENGTH" (a drive letter such as C: is part of FILE)."""
+    path, sep, strength = text.rpartition(":")
+    if sep:
+        try:
+            return Path(path), float(strength)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def _regions(args: argparse.Namespace) -> tuple:
+    import numpy as np
+    from PIL import Image
+
+    from .config import Region
+    from .regional import layout_regions, parse_boxes
+
+    prompts, strength = args.region, args.region_strength
+    if not prompts:
+        if args.boxes or args.region_mask:
+            raise ClifError("--boxes and --region-mask place --region prompts; give one --region per box or mask")
+        return ()
+    if args.boxes and args.region_mask:
+        raise ClifError("give either --boxes or --region-mask, not both")
+    if args.boxes:
+        boxes = parse_boxes(args.boxes)
+        if len(boxes) != len(prompts):
+            raise ClifError(f"--boxes gives {len(boxes)} box(es) for {len(prompts)} --region prompt(s); give one each")
+        return tuple(Region(p, box=b, strength=strength) for p, b in zip(prompts, boxes))
+    if args.region_mask:
+        if len(args.region_mask) != len(prompts):
+            raise ClifError(f"{len(args.region_mask)} --region-mask image(s) for {len(prompts)} --region prompt(s); "
+                            "give one each")
+        regions = []
+        for prompt, path in zip(prompts, args.region_mask):
+            try:
+                with Image.open(path) as im:
+                    mask = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            except OSError as err:
+                raise ClifError(f"--region-mask {path}: cannot be read as an image ({err})") from None
+            regions.append(Region(prompt, mask=mask, strength=strength))
+        return tuple(regions)
+    return layout_regions(args.layout, prompts, strength)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clif_core.cli import tqdm_reporter
+    from clif_core.concepts.file_format import load_concept_file
+    from clif_core.models.loader import load_base_model
+
+    from .config import SampleConfig
+    from .recipe import save_png
+    from .sampler import ConceptUse, sample
+
+    config = SampleConfig(
+        prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg,
+        scheduler=args.scheduler, width=args.width, height=args.height, batch=args.batch, regions=_regions(args),
+    )
+    config.check()
+    targets = [args.out / f"{args.name}-{args.seed + i}.png" for i in range(args.batch)]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise ClifError(f"{', '.join(existing)} already exist(s); pass --overwrite or another --name/--seed")
+    reporter = tqdm_reporter("sample")
+    base = load_base_model(args.base, device=args.device)
+    uses = []
+    for item in args.concepts:
+        path, strength = parse_concept_arg(item)
+        uses.append(ConceptUse(load_concept_file(path, base=base, warn=reporter.log), strength, str(path)))
+    result = sample(base, config, uses, reporter)
+    for i, (image, target) in enumerate(zip(result.images, targets)):
+        save_png(image, target, result.image_recipe(i))
+        print(f"wrote {target}")
+    return 0

@@ -1,0 +1,89 @@
+"""What a sampling run is asked to do: `SampleConfig`, and the `Region`s of an optional regional layout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from clif_core.errors import ClifError
+
+SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
+"""Scheduler names `SampleConfig.scheduler` accepts (see `schedulers.make_scheduler`)."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region of a regional composition: the prompt that applies there, and where.
+
+    `box` is (x0, y0, x1, y1) in fractions of the image width and height (0,0 is the top-left corner);
+    `mask` a 2-D array or tensor with values in 0..1, of any size (it is resized to each attention
+    resolution). Give exactly one of them. `strength` (0..1) is how much the region prompt replaces the
+    global prompt inside the region; where regions overlap their weights are scaled to sum to at most 1.
+    """
+
+    prompt: str
+    box: Optional[tuple[float, float, float, float]] = None
+    mask: Optional[Any] = field(default=None, compare=False)
+    strength: float = 1.0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description for the recipe (a mask is described by its size only)."""
+        where: dict[str, Any] = {"box": list(self.box)} if self.box is not None else {
+            "mask": f"custom {'x'.join(str(int(s)) for s in self.mask.shape[-2:])}"
+        }
+        return {"prompt": self.prompt, **where, "strength": self.strength}
+
+
+@dataclass
+class SampleConfig:
+    """One sampling run. `width`/`height` None take the model's native size (UNet sample size × VAE factor).
+
+    Image i of a batch is drawn from seed `seed + i`, so any single image is reproduced by its own seed with
+    batch 1. `cfg` ≤ 1 turns classifier-free guidance off (one UNet pass per step, no negative prompt), as in
+    diffusers. `regions` empty (the default) is plain sampling, the paper's setting. `preview_every` > 0
+    sends a preview image to the reporter every that many steps.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 30
+    cfg: float = 7.0
+    scheduler: str = "euler"
+    width: Optional[int] = None
+    height: Optional[int] = None
+    batch: int = 1
+    regions: tuple[Region, ...] = ()
+    preview_every: int = 0
+
+    def check(self) -> None:
+        """Raise ClifError naming the field for values no model could sample with."""
+        if self.scheduler not in SCHEDULERS:
+            raise ClifError(f"scheduler {self.scheduler!r} is not supported; use one of {', '.join(SCHEDULERS)}")
+        if self.steps < 1:
+            raise ClifError(f"steps is {self.steps}; use 1 or more")
+        if self.batch < 1:
+            raise ClifError(f"batch is {self.batch}; use 1 or more")
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ClifError(f"cfg is {self.cfg}; use a finite value of 0 or more (1 turns guidance off)")
+        if not 0 <= self.seed < 2**63:
+            raise ClifError(f"seed is {self.seed}; use a whole number from 0 to 2**63-1")
+        if self.preview_every < 0:
+            raise ClifError(f"preview_every is {self.preview_every}; use 0 (no previews) or more")
+        for i, region in enumerate(self.regions, 1):
+            where = f"region {i} ({region.prompt!r})"
+            if (region.box is None) == (region.mask is None):
+                raise ClifError(f"{where}: give either a box or a mask, not {'both' if region.box else 'neither'}")
+            if not 0.0 <= region.strength <= 1.0:
+                raise ClifError(f"{where}: strength is {region.strength}; use a value from 0 to 1")
+            if region.box is not None:
+                x0, y0, x1, y1 = region.box
+                if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                    raise ClifError(
+                        f"{where}: box {tuple(region.box)} is not (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and "
+                        "0 <= y0 < y1 <= 1 (fractions of the image width and height)"
+                    )
+            elif getattr(region.mask, "ndim", 0) != 2:
+                raise ClifError(f"{where}: the mask must be 2-D (height × width); it has shape "
+                                f"{tuple(getattr(region.mask, 'shape', ()))}")

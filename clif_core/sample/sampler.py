@@ -1,0 +1,286 @@
+"""Text-to-image sampling on a BaseModel with concept files and erasure patches applied for the run.
+
+The denoising loop is diffusers' Stable Diffusion loop (same noise, scheduler calls, guidance and VAE
+decoding: with no concept files and no regions it reproduces `StableDiffusionPipeline` /
+`StableDiffusionXLPipeline` on the same components, seeds and scheduler), written out so that it can
+report progress and previews, stop on request between steps, draw each image of a batch from its own
+seed, and route cross-attention through regional prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from clif_core.concepts.apply import apply_concepts, expand_prompt, vector_tokens
+from clif_core.concepts.file_format import ConceptFile
+from clif_core.errors import ClifError
+from clif_core.progress import SILENT, Reporter
+
+from .config import SampleConfig
+from .recipe import RECIPE_FORMAT, concept_file_fingerprint, image_recipe
+from .regional import RegionalAttention
+from .schedulers import make_scheduler
+from .text import TextConditioning, encode_negative, encode_prompt
+
+Previewer = Callable[[torch.Tensor], Any]
+"""previewer(latents [1, C, h, w]) -> PIL image: what the reporter shows during sampling."""
+
+
+@dataclass
+class ConceptUse:
+    """A concept file or erasure patch to apply while sampling, at a LoRA `strength`; `path` (optional) is
+    recorded in the recipe. The content fingerprint is computed once per ConceptUse."""
+
+    file: ConceptFile
+    strength: float = 1.0
+    path: Optional[str] = None
+    _fingerprint: Optional[str] = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = concept_file_fingerprint(self.file)
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "title": self.file.display_title(),
+            "kind": self.file.kind,
+            "fingerprint": self.fingerprint,
+            "strength": self.strength,
+            "tokens": [c.token for c in self.file.concepts],
+            "path": self.path,
+        }
+
+
+ConceptsArg = Sequence[Union[ConceptUse, ConceptFile, tuple]]
+
+
+def as_uses(concepts: ConceptsArg) -> list[ConceptUse]:
+    """ConceptUse objects from ConceptUse, bare ConceptFile (strength 1) or (ConceptFile, strength) items."""
+    uses = []
+    for item in concepts:
+        if isinstance(item, ConceptUse):
+            uses.append(item)
+        elif isinstance(item, ConceptFile):
+            uses.append(ConceptUse(item))
+        else:
+            uses.append(ConceptUse(*item))
+    return uses
+
+
+@dataclass
+class SampleResult:
+    """`images` (PIL, RGB), the run's `recipe` (see `recipe.py`) and the final `latents` (CPU, float32)."""
+
+    images: list
+    recipe: dict[str, Any]
+    latents: torch.Tensor
+
+    def recipe_json(self) -> str:
+        return json.dumps(self.recipe, sort_keys=True)
+
+    def image_recipe(self, index: int) -> dict[str, Any]:
+        return image_recipe(self.recipe, index)
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """How many pixels one latent pixel covers along each side (8 for published SD models, 2 for the tiny)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def image_size(base: Any, config: SampleConfig) -> tuple[int, int]:
+    """(width, height) of the run: the config's, or the model's native size; checked against the VAE factor."""
+    factor = vae_scale_factor(base.vae)
+    native = base.unet.config.sample_size
+    native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
+    width = config.width or native_w * factor
+    height = config.height or native_h * factor
+    for name, value in (("width", width), ("height", height)):
+        if value < factor or value % factor:
+            raise ClifError(f"{name} {value} is not a positive multiple of {factor}, this model's VAE factor "
+                            f"(one latent pixel covers {factor}×{factor} pixels); use e.g. {max(factor, value // factor * factor)}")
+    return int(width), int(height)
+
+
+def decode_latents(base: Any, latents: torch.Tensor) -> list:
+    """Latents → PIL images through the base model's VAE, one image at a time (lower peak memory)."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    vae = base.vae
+    cfg = vae.config
+    upcast = vae.dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
+    processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor(vae))
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    images = []
+    try:
+        if upcast:  # fp16 SDXL VAEs overflow; diffusers decodes them in fp32 the same way
+            vae.to(torch.float32)
+        for one in latents.split(1):
+            one = one.to(vae.dtype)
+            if mean is not None and std is not None:
+                shape = (1, -1, 1, 1)
+                one = one * torch.tensor(std).view(shape).to(one) / cfg.scaling_factor + torch.tensor(mean).view(shape).to(one)
+            else:
+                one = one / cfg.scaling_factor
+            pixels = vae.decode(one, return_dict=False)[0]
+            images += processor.postprocess(pixels, output_type="pil")
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return images
+
+
+def _expanded(prompt: str, tokens: dict[str, list[str]], where: str) -> str:
+    try:
+        return expand_prompt(prompt, tokens)
+    except ClifError as err:
+        raise ClifError(f"{where}: {err}") from None
+
+
+def _build_recipe(base: Any, config: SampleConfig, uses: Sequence[ConceptUse], width: int, height: int) -> dict:
+    return {
+        "format": RECIPE_FORMAT,
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "seed": config.seed,
+        "batch": config.batch,
+        "steps": config.steps,
+        "cfg": config.cfg,
+        "scheduler": config.scheduler,
+        "width": width,
+        "height": height,
+        "base": {
+            "family": base.family,
+            "fingerprint": base.fingerprint,
+            "source": base.source.name if base.source is not None else None,
+        },
+        "concepts": [u.describe() for u in uses],
+        "regions": [r.describe() for r in config.regions],
+    }
+
+
+def sample(
+    base: Any,
+    config: SampleConfig,
+    concepts: ConceptsArg = (),
+    reporter: Reporter = SILENT,
+    previewer: Optional[Previewer] = None,
+) -> SampleResult:
+    """Generate `config.batch` images with `concepts` (concept files and erasure patches, each optionally with a
+    strength) applied to `base` for this run only; the base is restored afterwards, also on errors and cancel.
+
+    Placeholders ("<alice>") are resolved to their vector tokens; one that no given file defines is a ClifError.
+    `previewer` turns latents into a preview image when `config.preview_every` > 0 (default: the VAE).
+    """
+    config.check()
+    uses = as_uses(concepts)
+    width, height = image_size(base, config)
+    recipe = _build_recipe(base, config, uses, width, height)
+    tokens = {c.token: vector_tokens(c.token, c.vectors) for u in uses for c in u.file.concepts}
+    prompt = _expanded(config.prompt, tokens, "prompt")
+    negative = _expanded(config.negative_prompt, tokens, "negative prompt")
+    region_prompts = [_expanded(r.prompt, tokens, f"region {i} prompt") for i, r in enumerate(config.regions, 1)]
+
+    applied = apply_concepts(base, [(u.file, u.strength) for u in uses], warn=reporter.log) if uses else None
+    try:
+        with torch.inference_mode():
+            cond = encode_prompt(base, prompt, reporter.log)
+            uncond = encode_negative(base, negative, cond, reporter.log) if config.cfg > 1 else None
+            regions = [encode_prompt(base, p, reporter.log).embeds for p in region_prompts]
+            latents = _denoise(base, config, width, height, cond, uncond, regions, reporter,
+                               previewer or (lambda x: decode_latents(base, x)[0]))
+            images = decode_latents(base, latents)
+    finally:
+        if applied is not None:
+            applied.remove()
+    return SampleResult(images, recipe, latents.float().cpu())
+
+
+def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: TextConditioning,
+             uncond: Optional[TextConditioning], region_contexts: list[torch.Tensor], reporter: Reporter,
+             previewer: Previewer) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, batch = base.device, config.batch
+    scheduler = make_scheduler(base.scheduler.config, config.scheduler)
+    scheduler.set_timesteps(config.steps, device=device)
+    factor = vae_scale_factor(base.vae)
+    latent_hw = (height // factor, width // factor)
+    # CPU generators, one per image: the same seed gives the same image on any device and in any batch.
+    generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in range(batch)]
+    latents = randn_tensor((batch, base.unet.config.in_channels, *latent_hw), generator=generators, device=device,
+                           dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
+
+    guided = uncond is not None
+    parts = [uncond, cond] if guided else [cond]
+    context = torch.cat([p.embeds.expand(batch, -1, -1) for p in parts])
+    added = None
+    if base.family == "sdxl":
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=context.dtype, device=device)
+        added = {"text_embeds": torch.cat([p.pooled.expand(batch, -1) for p in parts]),
+                 "time_ids": time_ids.repeat(len(parts) * batch, 1)}
+    accepted = inspect.signature(scheduler.step).parameters
+    step_kwargs: dict[str, Any] = {}
+    if "generator" in accepted:
+        step_kwargs["generator"] = generators
+    if "eta" in accepted:
+        step_kwargs["eta"] = 0.0
+
+    regional = contextlib.nullcontext()
+    if config.regions:
+        cond_rows = slice(batch, 2 * batch) if guided else slice(0, batch)
+        regional = RegionalAttention(base.unet, config.regions, region_contexts, latent_hw, cond_rows)
+    timesteps = scheduler.timesteps
+    with regional:
+        for i, t in enumerate(timesteps):
+            reporter.check_cancel()
+            model_input = torch.cat([latents] * len(parts)) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = base.unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                              return_dict=False)[0]
+            if guided:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + config.cfg * (noise_cond - noise_uncond)
+            out = scheduler.step(noise, t, latents, **step_kwargs)
+            latents = out.prev_sample
+            preview = None
+            if config.preview_every and ((i + 1) % config.preview_every == 0 or i + 1 == len(timesteps)):
+                estimate = getattr(out, "pred_original_sample", None)  # the denoised estimate, where the solver has one
+                preview = previewer((estimate if estimate is not None else latents)[:1])
+            reporter.progress(i + 1, len(timesteps), preview)
+    return latents
+
+
+def make_generate(
+    base: Any,
+    template: Optional[SampleConfig] = None,
+    concepts: ConceptsArg = (),
+    max_batch: int = 4,
+    reporter: Reporter = SILENT,
+) -> Callable[[str, int, int], list]:
+    """A `generate(prompt, n, seed) -> n PIL images` callable (the shape `clif_core.augment.generate_common` and
+    prior preservation take), sampling with `template`'s settings in batches of at most `max_batch`.
+
+    Image i is drawn from seed `seed + i`, so the images do not depend on `max_batch`.
+    """
+    template = template or SampleConfig(prompt="")
+    uses = as_uses(concepts)
+    if max_batch < 1:
+        raise ClifError(f"max_batch is {max_batch}; use 1 or more")
+
+    def generate(prompt: str, n: int, seed: int) -> list:
+        images: list = []
+        for start in range(0, n, max_batch):
+            config = dataclasses.replace(template, prompt=prompt, seed=seed + start, batch=min(max_batch, n - start))
+            images += sample(base, config, uses, reporter).images
+        return images
+
+    return generate
