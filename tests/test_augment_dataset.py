@@ -21,7 +21,7 @@ from clif_core.augment.common import (
     resolve_common,
 )
 from clif_core.augment.compose import AugmentConfig, CaptionTemplates
-from clif_core.augment.dataset import build_dataset, load_dataset, preview_grid
+from clif_core.augment.dataset import build_dataset, input_key, load_dataset, preview_grid
 from clif_core.augment.fallback import FallbackSegmenter
 from clif_core.augment.segment import UserMaskSegmenter
 from clif_core.cli import main as clif_main
@@ -277,6 +277,107 @@ def test_load_dataset_refuses_what_it_cannot_read(tmp_path, concepts, common):
         load_dataset(root)
 
 
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_reuse_returns_a_dataset_built_from_the_same_inputs_untouched(tmp_path, concepts, common):
+    out = tmp_path / "ds"
+    seg = FallbackSegmenter()
+    build_dataset(concepts, out, _config(), seg, common, reuse=True)
+    assert json.loads((out / "manifest.json").read_text())["input_key"] == input_key(concepts, _config(), seg, common)
+    stamps = _mtimes(out)
+    lines: list[str] = []
+    assert build_dataset(concepts, out, _config(), seg, common, reuse=True, reporter=Reporter(log=lines.append)) == out
+    assert _mtimes(out) == stamps and any("up to date" in line for line in lines)
+
+    # What changes the key: the config, a pixel, a mask, a name, the segmenter's settings, the common pictures.
+    key = input_key(concepts, _config(), seg, common)
+    assert input_key(concepts, _config(seed=8), seg, common) != key
+    touched = [Concept(c.name, c.token, c.class_word, [im.copy() for im in c.images], parts=list(c.parts)) for c in concepts]
+    touched[1].images[0].putpixel((0, 0), (0, 0, 0))
+    assert input_key(touched, _config(), seg, common) != key
+    masked = [Concept(c.name, c.token, c.class_word, c.images, parts=list(c.parts)) for c in concepts]
+    masked[1].masks[0] = np.ones(masked[1].images[0].size[::-1], bool)
+    assert input_key(masked, _config(), seg, common) != key
+    assert input_key(concepts, _config(), FallbackSegmenter(min_contrast=20), common) != key
+    assert input_key(concepts, _config(), seg, common[:1]) != key
+    renamed = [Concept("carol", "<carol>", "woman", concepts[0].images, parts=["hair", "dress"]), concepts[1]]
+    assert input_key(renamed, _config(), seg, common) != key
+
+    # Another key is no reuse: refused without overwrite, rebuilt with it; an incomplete dataset is rebuilt.
+    with pytest.raises(ClifError, match=r"ds already exists"):
+        build_dataset(concepts, out, _config(seed=8), seg, common, reuse=True)
+    build_dataset(concepts, out, _config(seed=8), seg, common, reuse=True, overwrite=True)
+    assert load_dataset(out).manifest["seed"] == 8
+    (out / "train" / "images" / "000000.png").unlink()
+    build_dataset(concepts, out, _config(seed=8), seg, common, reuse=True, overwrite=True)
+    assert len(load_dataset(out)) == 19
+
+
+def test_preview_grid_of_one_kind(tmp_path, concepts, common):
+    ds = load_dataset(build_dataset(concepts, tmp_path / "p", _config(n_single=0), FallbackSegmenter(), common))
+    mix = preview_grid(ds, n=8, columns=4, cell=64, kinds=("M",))
+    assert mix.width == 4 * 64, "the 4 Mix samples fill one row"
+    with pytest.raises(ClifError, match=r"has no samples of kind single to preview"):
+        preview_grid(ds, kinds=("single",))
+
+
+def test_generated_common_pictures_without_a_findable_subject_are_used_whole(tmp_path, concepts):
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8))
+    lines: list[str] = []
+    config = _config(n_region=0, n_mix=0, n_single=0, n_global=2)
+    ds = load_dataset(build_dataset(concepts[:1], tmp_path / "g", config, FallbackSegmenter(),
+                                    [CommonConcept("dog", [noise], generated=True)], reporter=Reporter(log=lines.append)))
+    assert any("common word 'dog' image 0" in line and "whole picture is used" in line for line in lines)
+    slot = next(s for s in ds.records[0].slots if s.source == "common")
+    x0, y0, x1, y1 = slot.box
+    mask = ds[0].masks[[s.source for s in ds.records[0].slots].index("common")].numpy()
+    assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0), "the whole picture is pasted"
+    with pytest.raises(ClifError, match=r"common word 'dog' image 0"):  # a user's own picture is theirs to fix
+        build_dataset(concepts[:1], tmp_path / "u", config, FallbackSegmenter(), [CommonConcept("dog", [noise])])
+
+
+def test_fingerprint_is_only_asked_for_when_a_word_must_be_generated(tmp_path):
+    root = tmp_path / "common"
+    (root / "chef").mkdir(parents=True)
+    _draw_word("chef", 1, 0)[0].save(root / "chef" / "1.png")
+
+    def no_model() -> str:
+        raise AssertionError("the base model was loaded although every word has pictures")
+
+    assert [c.word for c in resolve_common(["chef"], folder=root, generate=_draw_word, fingerprint=no_model,
+                                           cache_dir=tmp_path / "c", n=1)] == ["chef"]
+    asked = []
+    got = resolve_common(["chef", "dog"], folder=root, generate=_draw_word,
+                         fingerprint=lambda: asked.append(1) or "fp", cache_dir=tmp_path / "c", n=1)
+    assert asked == [1] and got[1].generated and not got[0].generated
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_pipeline_generator_draws_with_the_base_models_own_components(family):
+    from clif_core.augment.common import pipeline_generator
+    from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
+
+    base = build_tiny_model(family, seed=0)
+    if family == "sdxl":  # the SDXL pipeline path runs, at the native size
+        [one] = pipeline_generator(base, steps=1)("a photo of dog", 1, 0)
+        assert one.size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) and one.mode == "RGB"
+        return
+    steps: list[tuple[int, int]] = []
+    generate = pipeline_generator(base, steps=1, size=32, reporter=Reporter(progress=lambda s, t, p=None: steps.append((s, t))))
+    pair = generate("a photo of dog", 2, 5)
+    assert [im.size for im in pair] == [(32, 32)] * 2
+    assert [s for s, _ in steps] == list(range(1, len(steps) + 1)) and steps[-1][1] == len(steps)
+    assert base.scheduler.num_inference_steps is None, "the base model's scheduler is left alone"
+    # Picture j uses seed + j: the second picture of seed 5 is the first of seed 6, whatever n is.
+    assert np.array_equal(np.asarray(generate("a photo of dog", 1, 6)[0]), np.asarray(pair[1]))
+    assert not np.array_equal(np.asarray(pair[0]), np.asarray(pair[1]))
+    stopping = pipeline_generator(base, steps=1, size=32, reporter=Reporter(should_stop=lambda: True))
+    with pytest.raises(Cancelled):
+        stopping("a photo of dog", 1, 0)
+
+
 # ------------------------------------------------------------------------------------ common concepts
 
 
@@ -381,3 +482,20 @@ def test_a_part_list_that_the_picture_cannot_fill_is_reported(tmp_path, concepts
                                     reporter=Reporter(log=lines.append)))
     assert any("gave 2 part region(s) for the 4 part names" in line and "upper part, lower part" in line for line in lines)
     assert {s.part for r in ds.records if r.kind == "R" for s in r.slots if s.part} == {"upper part", "lower part"}
+
+
+def test_cli_generates_common_words_with_a_base_model_once(tmp_path, concepts, tiny_sd1):
+    folder = tmp_path / "in" / "bob"
+    folder.mkdir(parents=True)
+    concepts[1].images[0].save(folder / "0.png")
+    args = ["augment", "--concept", str(folder), "<bob>", "man", "--common", "dog", "--base-model",
+            str(tiny_sd1.single_file), "--common-images", "1", "--common-steps", "1", "--global", "2", "--region", "0",
+            "--mix", "0", "--single", "1", "--resolution", str(RES), "--out", str(tmp_path / "ds")]
+    assert clif_main(args) == 0
+    [entry] = (tmp_path / "clif_common").glob("dog-*")
+    assert sorted(p.name for p in entry.iterdir()) == ["000.png", "info.json"]
+    stamp = (entry / "000.png").stat().st_mtime_ns
+    assert clif_main(args[:-2] + ["--seed", "3", "--overwrite", "--out", str(tmp_path / "ds")]) == 0
+    assert (entry / "000.png").stat().st_mtime_ns == stamp, "cached pictures are not drawn again"
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.manifest["seed"] == 3 and ds.manifest["common"] == [{"word": "dog", "images": 1}]

@@ -279,3 +279,31 @@ def test_unknown_or_unsafe_checkpoints_are_refused(tmp_path):
         load_sam(truncated)
     with pytest.raises(ClifError, match=r"missing\.pth does not exist"):
         load_sam(tmp_path / "missing.pth")
+
+
+def test_with_segmentation_carries_masks_and_parts_that_augment_then_uses_as_they_are():
+    from clif_core.augment.preview import PART_COLOURS, concept_sheet, segmentation_sheet
+    from clif_core.augment.segment import segment_concept_image, with_segmentation
+
+    scenes = [_scene("light"), _scene("dark")]
+    concept = Concept("eve", "<eve>", "woman", [s[0] for s in scenes], parts=["hair", "dress", "shoes"])
+    segs = segment_concept(concept, FallbackSegmenter(), n_parts=4)
+    assert segs[0].part_names == ["upper part", "lower part"], "2 regions for 3 names: generic names"
+    done = with_segmentation(concept, segs)
+    assert concept.masks == [None, None] and concept.part_masks == [{}, {}], "the input concept is unchanged"
+    assert done.parts == ["upper part", "lower part"]
+    for i, seg in enumerate(segs):
+        assert np.array_equal(done.masks[i], seg.mask)
+        again = segment_concept_image(done, i, UserMaskSegmenter())  # no segmenter work is left to do
+        assert again.part_names == seg.part_names
+        assert all(np.array_equal(a, b) for a, b in zip(again.parts, seg.parts))
+    with pytest.raises(ClifError, match=r"1 segmentation\(s\) for 2 picture\(s\)"):
+        with_segmentation(concept, segs[:1])
+
+    sheet = np.asarray(segmentation_sheet(concept, segs, cell=128))
+    assert sheet.shape[1] == 3 * 128 and sheet.shape[0] > 2 * 128
+    for colour in PART_COLOURS[:2]:  # each part is painted in its colour
+        assert (np.abs(sheet.astype(int) - colour).sum(axis=-1) == 0).sum() > 500
+    faded = np.asarray(concept_sheet(done, cell=128))
+    plain = np.asarray(concept_sheet(concept, cell=128))
+    assert faded.shape == plain.shape and faded.mean() > plain.mean() + 5, "outside the mask is faded toward white"

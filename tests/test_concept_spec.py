@@ -264,3 +264,17 @@ def test_check_tokens_against_a_real_clip_tokenizer():
 
     with pytest.raises(ClifError, match=r"'<alice>' is already added to tokenizer clip_l"):
         check_tokens([ok], [Slot()])
+
+
+def test_concept_from_tensors_with_a_mask_for_some_pictures_only():
+    images = torch.zeros(2, 64, 72, 3)
+    mask = torch.zeros(64, 72)
+    mask[10:30, 20:40] = 1.0
+    c = concept_from_tensors("eve", "<eve>", "woman", images, [None, mask])
+    assert c.masks[0] is None and c.masks[1].sum() == 400
+    with pytest.raises(ClifError, match=r"masks\[1\] is 40x32 but images\[1\] is 72x64"):
+        concept_from_tensors("eve", "<eve>", "woman", images, [None, torch.ones(32, 40)])
+    with pytest.raises(ClifError, match=r"1 mask\(s\) for 2 image\(s\)"):
+        concept_from_tensors("eve", "<eve>", "woman", images, [mask])
+    with pytest.raises(ClifError, match=r"each mask must be shaped \[H, W\]; got \(1, 64, 72\)"):
+        concept_from_tensors("eve", "<eve>", "woman", images, [None, mask[None]])

@@ -3,6 +3,7 @@
     clif augment --concept photos/alice "<alice>" woman "hair,face,dress" \\
                  --concept photos/bob "<bob>" man \\
                  --common-dir photos/common --common chef dog "jean jacket" \\
+                 --base-model models/checkpoints/sd15.safetensors \\
                  --segmenter sam --sam-checkpoint models/sams/sam_vit_b_01ec64.pth \\
                  --global 40 --region 40 --mix 20 --single 10 --seed 0 --out datasets/alice_bob
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..errors import ClifError
@@ -29,6 +31,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--common", nargs="*", default=[], metavar="WORD", help="common concept words (e.g. chef dog)")
     p.add_argument("--common-dir", help="folder with one subfolder of pictures per common word")
+    p.add_argument("--base-model", help="checkpoint (.safetensors) or diffusers folder that draws the common words "
+                   "without a folder ('a photo of WORD'), cached by the model's fingerprint")
+    p.add_argument("--common-images", type=int, default=4, help="pictures generated per common word")
+    p.add_argument("--common-seed", type=int, default=0, help="seed of the generated pictures")
+    p.add_argument("--common-steps", type=int, default=25, help="denoising steps per generated picture")
+    p.add_argument("--common-cache", help="where generated pictures are kept (default: clif_common/ beside --out)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder (once the new one is complete)")
     p.add_argument("--segmenter", choices=["auto", "sam", "fallback", "masks"], default="auto",
@@ -83,7 +91,19 @@ def run(args: argparse.Namespace) -> int:
         concepts.append(load_concept_folder(spec[0], spec[1], spec[2], parts=parts, min_side=args.min_side, reporter=reporter))
     common = []
     if args.common or args.common_dir:
-        common = resolve_common(args.common, folder=args.common_dir, min_side=args.min_side, reporter=reporter)
+        generate, fingerprint = None, ""
+        if args.base_model:
+            from ..models.loader import load_base_model
+            from .common import lazy_model_generator
+
+            generate, fingerprint = lazy_model_generator(
+                lambda: load_base_model(args.base_model), steps=args.common_steps, reporter=reporter
+            )
+        cache = args.common_cache or str(Path(args.out).resolve().parent / "clif_common")
+        common = resolve_common(
+            args.common, folder=args.common_dir, generate=generate, fingerprint=fingerprint, cache_dir=cache,
+            n=args.common_images, seed=args.common_seed, min_side=args.min_side, reporter=reporter,
+        )
     config = AugmentConfig(
         resolution=args.resolution, n_global=args.n_global, n_region=args.n_region, n_mix=args.n_mix,
         n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=not args.one_order,

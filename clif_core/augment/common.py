@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..concepts.spec import MIN_SIDE, read_image_folder
 from ..errors import ClifError
+from ..fileio import atomic_dir
 from ..progress import SILENT, Reporter
+
+if TYPE_CHECKING:
+    from ..models.base import BaseModel
 
 GenerateFn = Callable[[str, int, int], list]
 """generate(prompt, n, seed) -> n PIL images."""
@@ -34,10 +36,14 @@ PROMPT_TEMPLATE = "a photo of {word}"
 
 @dataclass
 class CommonConcept:
+    """Pictures of one common word. `generated`: made by the base model rather than given by the user;
+    such a picture is used whole when the segmenter finds no subject in it."""
+
     word: str
     images: list[Image.Image]
     masks: list[Optional[np.ndarray]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    generated: bool = False
 
     def __post_init__(self) -> None:
         if not self.masks:
@@ -122,7 +128,7 @@ def generate_common(
             if len(images) != n:
                 raise ClifError(f"the generator returned {len(images)} picture(s) of {word!r}; {n} were asked for.")
             _write_cache(entry, images, {"word": word, "prompt": prompt, "n": n, "seed": seed, "fingerprint": fingerprint})
-        out.append(CommonConcept(word, images, sources=[str(entry / f"{j:03d}.png") for j in range(n)]))
+        out.append(CommonConcept(word, images, sources=[str(entry / f"{j:03d}.png") for j in range(n)], generated=True))
         reporter.progress(i + 1, len(words), images[0])
     return out
 
@@ -143,34 +149,28 @@ def _read_cache(entry: Path, n: int, reporter: Reporter) -> Optional[list[Image.
 
 
 def _write_cache(entry: Path, images: list[Image.Image], info: dict) -> None:
-    """Write into a temporary sibling folder and rename it into place (a crash leaves no half entry)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should read like any other
-    try:
+    """Written as a whole folder (a crash leaves no half entry)."""
+    with atomic_dir(entry) as tmp:
         for j, im in enumerate(images):
             im.save(tmp / f"{j:03d}.png")
         (tmp / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_common(
     words: Sequence[str] = (),
     folder: Optional[str | Path] = None,
     generate: Optional[GenerateFn] = None,
-    fingerprint: str = "",
+    fingerprint: str | Callable[[], str] = "",
     cache_dir: Optional[str | Path] = None,
     n: int = 4,
     seed: int = 0,
     min_side: int = MIN_SIDE,
     reporter: Reporter = SILENT,
 ) -> list[CommonConcept]:
-    """Words with a folder use it; the rest are generated (and cached). Missing both is an error."""
+    """Words with a folder use it; the rest are generated (and cached). Missing both is an error.
+
+    `fingerprint` may be a callable, asked only when some word needs generating (it may load the model).
+    """
     words = clean_words(words)
     found: dict[str, CommonConcept] = {}
     if folder is not None:
@@ -190,6 +190,86 @@ def resolve_common(
                 f"common word(s) {missing} have no pictures{where}; add a folder per word or connect a base model "
                 f"to generate them."
             )
+        if callable(fingerprint):
+            fingerprint = fingerprint()
         for c in generate_common(missing, generate, fingerprint, cache_dir, n=n, seed=seed, reporter=reporter):
             found[c.word] = c
     return [found[w] for w in words]
+
+
+def pipeline_generator(
+    base: "BaseModel",
+    steps: int = 25,
+    guidance: float = 7.5,
+    size: Optional[int] = None,
+    reporter: Reporter = SILENT,
+) -> GenerateFn:
+    """A `generate(prompt, n, seed)` over a stock diffusers text-to-image pipeline on the base model's components.
+
+    Picture j of a call is drawn from a CPU generator seeded with `seed + j`, so a picture does not depend
+    on n or on the device. The scheduler is a copy (pipelines change their scheduler's state). `size`:
+    the square side in pixels, None for the model's native size. Progress is reported per denoising step
+    and cancel is checked at each. Interim: the pack's sampler (`clif_core.sample`) is meant to provide
+    this adapter.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = type(base.scheduler).from_config(base.scheduler.config)
+    if base.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=base.vae, text_encoder=base.text[0].encoder, text_encoder_2=base.text[1].encoder,
+            tokenizer=base.text[0].tokenizer, tokenizer_2=base.text[1].tokenizer, unet=base.unet,
+            scheduler=scheduler,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=base.vae, text_encoder=base.text[0].encoder, tokenizer=base.text[0].tokenizer, unet=base.unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompt: str, n: int, seed: int) -> list[Image.Image]:
+        images = []
+        for j in range(n):
+
+            def on_step(pipe_, i, _t, kwargs, j=j):
+                reporter.check_cancel()
+                per_picture = pipe_.num_timesteps  # some schedulers add warm-up steps
+                reporter.progress(j * per_picture + i + 1, n * per_picture, None)
+                return kwargs
+
+            generator = torch.Generator("cpu").manual_seed(seed + j)
+            out = pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generator, callback_on_step_end=on_step, output_type="pil")
+            images.append(out.images[0])
+        return images
+
+    return generate
+
+
+def lazy_model_generator(
+    load_base: Callable[[], "BaseModel"], steps: int = 25, guidance: float = 7.5, reporter: Reporter = SILENT
+) -> tuple[GenerateFn, Callable[[], str]]:
+    """(generate, fingerprint) for `resolve_common` over a base model that is loaded only when first needed.
+
+    Nothing is loaded when every word has a folder; a word without one needs the fingerprint (the cache
+    key: the model and the settings that change its pictures), which loads the model, but pictures found
+    in the cache are not drawn again.
+    """
+    state: dict = {}
+
+    def base() -> "BaseModel":
+        if "base" not in state:
+            state["base"] = load_base()
+        return state["base"]
+
+    def generate(prompt: str, n: int, seed: int) -> list:
+        if "generate" not in state:
+            state["generate"] = pipeline_generator(base(), steps=steps, guidance=guidance, reporter=reporter)
+        return state["generate"](prompt, n, seed)
+
+    def fingerprint() -> str:
+        return f"{base().fingerprint}/steps={steps}/cfg={guidance}"
+
+    return generate, fingerprint

@@ -119,11 +119,14 @@ class SamSegmenter:
     candidate that does not hug the image border. Parts: automatic masks on the concept's crop, smallest-on-top,
     gaps filled with superpixels, merged into k regions."""
 
-    def __init__(self, model: Any, variant: str = "custom", options: Optional[SamOptions] = None) -> None:
+    def __init__(
+        self, model: Any, variant: str = "custom", options: Optional[SamOptions] = None, source: Optional[str] = None
+    ) -> None:
         from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
         self.model = model
         self.variant = variant
+        self.source = source  # the checkpoint's file name, for manifests and dataset keys
         self.options = options or SamOptions()
         self.predictor = SamPredictor(model)
         o = self.options
@@ -141,10 +144,10 @@ class SamSegmenter:
         cls, path: str | Path, device: Optional[str | torch.device] = None, options: Optional[SamOptions] = None
     ) -> "SamSegmenter":
         model, variant = load_sam(path, device)
-        return cls(model, variant, options)
+        return cls(model, variant, options, source=Path(path).name)
 
     def describe(self) -> str:
-        return f"sam({self.variant})"
+        return f"sam({self.variant}, {self.source})" if self.source else f"sam({self.variant})"
 
     def segment(
         self,

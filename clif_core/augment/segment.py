@@ -8,7 +8,7 @@ masks winning over automatic parts, and names the parts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Protocol, Sequence
 
 import numpy as np
@@ -152,11 +152,48 @@ def segment_concept(
     return out
 
 
-def segment_whole(image: Image.Image, mask: Optional[np.ndarray], source: str, segmenter: Segmenter) -> np.ndarray:
-    """The whole-object mask only (for common concepts); a given mask wins."""
+def segment_whole(
+    image: Image.Image,
+    mask: Optional[np.ndarray],
+    source: str,
+    segmenter: Segmenter,
+    whole_on_failure: bool = False,
+    reporter: Reporter = SILENT,
+) -> np.ndarray:
+    """The whole-object mask only (for common concepts); a given mask wins.
+
+    With `whole_on_failure` a picture the backend finds no subject in is used whole (with a note) instead
+    of failing: generated pictures often show a full scene, and the user cannot fix them by hand.
+    """
     if mask is not None:
         return mask.astype(bool)
     try:
         return segmenter.segment(image, n_parts=0).mask
     except SegmentationFailed as exc:
-        raise ClifError(f"{source} {exc}") from exc
+        if not whole_on_failure:
+            raise ClifError(f"{source} {exc}") from exc
+        reporter.log(f"note: {source} {exc} The whole picture is used for it.")
+        return np.ones((image.height, image.width), dtype=bool)
+
+
+def with_segmentation(concept: Concept, segmentations: Sequence[Segmentation]) -> Concept:
+    """A copy of the concept whose masks and part masks are the given segmentations (the input is unchanged).
+
+    The result needs no segmenter any more: its masks count as the user's. Its part list is every part
+    name in the order first seen, so pictures whose parts got generic names keep them.
+    """
+    if len(segmentations) != len(concept.images):
+        raise ClifError(
+            f"concept {concept.name!r}: {len(segmentations)} segmentation(s) for {len(concept.images)} picture(s)."
+        )
+    names: list[str] = []
+    for seg in segmentations:
+        names += [n for n in seg.part_names if n not in names]
+    return replace(
+        concept,
+        images=list(concept.images),
+        masks=[seg.mask.copy() for seg in segmentations],
+        parts=names,
+        part_masks=[{n: p.copy() for n, p in zip(seg.part_names, seg.parts)} for seg in segmentations],
+        sources=list(concept.sources),
+    )

@@ -344,6 +344,7 @@ def concept_from_tensors(
 ) -> Concept:
     """A concept from ComfyUI-layout tensors: IMAGE float [B, H, W, 3] in 0..1, MASK [B, H, W] or [H, W].
 
+    `masks` may also be a list with one entry per image, None where that image has no mask.
     MASK here means 1 = concept. (ComfyUI's LoadImage emits 1 − alpha, i.e. 1 where the picture is
     transparent, so a node feeding cut-outs must invert it first.) Plain torch tensors or numpy arrays;
     ComfyUI itself is not imported.
@@ -366,16 +367,23 @@ def concept_from_tensors(
         raise ClifError(
             f"concept {name!r}: images are {w}x{h}, below the minimum of {min_side} px on the short side."
         )
-    m = None
+    m: list = [None] * b
     if masks is not None:
-        m = torch.as_tensor(masks).detach().to("cpu", torch.float32)
-        if m.ndim == 2:
-            m = m.unsqueeze(0)
-        if m.ndim != 3:
-            raise ClifError(f"concept {name!r}: masks must be a MASK batch shaped [B, H, W]; got {tuple(m.shape)}.")
-        if m.shape[0] != b:
+        if isinstance(masks, (list, tuple)):
+            m = [None if x is None else torch.as_tensor(x).detach().to("cpu", torch.float32) for x in masks]
+        else:
+            batch = torch.as_tensor(masks).detach().to("cpu", torch.float32)
+            if batch.ndim == 2:
+                batch = batch.unsqueeze(0)
+            if batch.ndim != 3:
+                raise ClifError(f"concept {name!r}: masks must be a MASK batch shaped [B, H, W]; got {tuple(batch.shape)}.")
+            m = list(batch)
+        bad = [tuple(x.shape) for x in m if x is not None and x.ndim != 2]
+        if bad:
+            raise ClifError(f"concept {name!r}: each mask must be shaped [H, W]; got {bad[0]}.")
+        if len(m) != b:
             raise ClifError(
-                f"concept {name!r}: {m.shape[0]} mask(s) for {b} image(s); give one mask per image or none."
+                f"concept {name!r}: {len(m)} mask(s) for {b} image(s); give one mask per image or none."
             )
     pil_images: list[Image.Image] = []
     pil_masks: list[Optional[np.ndarray]] = []
@@ -384,10 +392,10 @@ def concept_from_tensors(
         mode = "RGBA" if arr.shape[-1] == 4 else "RGB"
         img, alpha = flatten_image(Image.fromarray(arr, mode))
         mask = alpha
-        if m is not None:
-            if tuple(m.shape[1:]) != (h, w):
+        if m[i] is not None:
+            if tuple(m[i].shape) != (h, w):
                 raise ClifError(
-                    f"concept {name!r}: masks[{i}] is {m.shape[2]}x{m.shape[1]} but images[{i}] is {w}x{h}; "
+                    f"concept {name!r}: masks[{i}] is {m[i].shape[1]}x{m[i].shape[0]} but images[{i}] is {w}x{h}; "
                     f"resize the mask to the image."
                 )
             mask = m[i].numpy() > 0.5
