@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from clif_core.errors import ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 from clif_core.sample.config import Region, SampleConfig
-from clif_core.sample.regional import layout_boxes, layout_regions, parse_boxes, region_weights
+from clif_core.sample.regional import build_regions, layout_boxes, layout_regions, parse_boxes, region_weights
 from clif_core.sample.sampler import sample
 from clif_core.sample.text import encode_prompt
 from tests.test_concept_file import make_concept_file
@@ -32,15 +32,16 @@ def test_named_layouts_tile_the_image():
     assert layout_boxes("grid", 3) == [(0.0, 0.0, 0.5, 0.5), (0.5, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
     for layout in ("left_right", "top_bottom", "grid"):
         for n in range(1, 7):
-            w = region_weights([Region("x", box=b) for b in layout_boxes(layout, n)], 24, 36)
+            w = region_weights([Region("x", box=b, strength=1.0) for b in layout_boxes(layout, n)], 24, 36)
             assert torch.equal(w[1:].sum(0), torch.ones(24, 36)), (layout, n)  # every pixel in exactly one region
     with pytest.raises(ClifError, match="layout 'diagonal' is not known"):
         layout_boxes("diagonal", 2)
 
 
 def test_weights_sum_to_one_and_overlaps_are_shared():
-    regions = [Region("a", box=(0.0, 0.0, 0.75, 1.0)), Region("b", box=(0.25, 0.0, 1.0, 1.0), strength=0.5),
-               Region("c", mask=np.ones((5, 5), np.float32) * 0.2)]
+    regions = [Region("a", box=(0.0, 0.0, 0.75, 1.0), strength=1.0),
+               Region("b", box=(0.25, 0.0, 1.0, 1.0), strength=0.5),
+               Region("c", mask=np.ones((5, 5), np.float32) * 0.2, strength=1.0)]
     w = region_weights(regions, 8, 8)
     assert w.shape == (4, 8, 8)
     torch.testing.assert_close(w.sum(0), torch.ones(8, 8))
@@ -49,6 +50,20 @@ def test_weights_sum_to_one_and_overlaps_are_shared():
     torch.testing.assert_close(w[:, 0, 0], torch.tensor([0.0, 1 / 1.2, 0.0, 0.2 / 1.2]))
     # column 7: b at 0.5 and c at 0.2 → the global prompt keeps 0.3
     torch.testing.assert_close(w[:, 0, 7], torch.tensor([0.3, 0.0, 0.5, 0.2]))
+
+
+def test_build_regions_from_user_text():
+    assert build_regions("top_bottom", ["a", " ", "b"]) == layout_regions("top_bottom", ["a", "b"])
+    boxed = build_regions("boxes", ["a", "b"], "0,0,0.5,1; 0.5,0,1,1", strength=0.6)
+    assert [(r.box, r.strength) for r in boxed] == [((0, 0, 0.5, 1), 0.6), ((0.5, 0, 1, 1), 0.6)]
+    masks = torch.zeros(2, 4, 4)
+    assert [r.mask.shape for r in build_regions("masks", ["a", "b"], masks=masks)] == [(4, 4), (4, 4)]
+    with pytest.raises(ClifError, match="1 box\\(es\\) for 2 region prompt"):
+        build_regions("boxes", ["a", "b"], "0,0,1,1")
+    with pytest.raises(ClifError, match="0 mask\\(s\\) for 1 region prompt"):
+        build_regions("masks", ["a"])
+    with pytest.raises(ClifError, match="no region prompt was given"):
+        build_regions("grid", ["", "  "])
 
 
 def test_parse_boxes():
@@ -117,12 +132,12 @@ def test_regions_with_the_global_prompt_change_nothing_and_other_prompts_do(sd1)
     config = SampleConfig("a table in a garden", seed=3, steps=2)
     plain = sample(sd1, config)
     same = sample(sd1, dataclasses.replace(config, regions=layout_regions("grid", [config.prompt] * 3)))
-    torch.testing.assert_close(same.latents, plain.latents, rtol=0, atol=1e-6)
+    torch.testing.assert_close(same.latents, plain.latents, rtol=0, atol=1e-3)  # 0.2·x + 0.8·x rounds
     other = sample(sd1, dataclasses.replace(config, regions=layout_regions("left_right", [LEFT, RIGHT])))
     assert (other.latents - plain.latents).abs().mean() > 1e-2
     assert other.recipe["regions"] == [
-        {"prompt": LEFT, "box": [0.0, 0.0, 0.5, 1.0], "strength": 1.0},
-        {"prompt": RIGHT, "box": [0.5, 0.0, 1.0, 1.0], "strength": 1.0},
+        {"prompt": LEFT, "box": [0.0, 0.0, 0.5, 1.0], "strength": 0.8},
+        {"prompt": RIGHT, "box": [0.5, 0.0, 1.0, 1.0], "strength": 0.8},
     ]
 
 

@@ -17,8 +17,7 @@ from clif_core.errors import ClifError
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `sample` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
-    from .config import SCHEDULERS
-    from .regional import LAYOUTS
+    from .config import LAYOUTS, REGION_STRENGTH, SCHEDULERS
 
     p = subparsers.add_parser(
         "sample",
@@ -43,7 +42,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--boxes", help="explicit boxes 'x0,y0,x1,y1; …' (fractions of width/height), one per region")
     p.add_argument("--region-mask", action="append", default=[], metavar="IMAGE",
                    help="a grayscale mask image per region (white = the region); repeat")
-    p.add_argument("--region-strength", type=float, default=1.0,
+    p.add_argument("--region-strength", type=float, default=REGION_STRENGTH,
                    help="how much region prompts replace the global prompt inside their regions (0..1)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--name", default="clif", help="file name prefix: NAME-SEED.png")
@@ -68,35 +67,23 @@ def _regions(args: argparse.Namespace) -> tuple:
     import numpy as np
     from PIL import Image
 
-    from .config import Region
-    from .regional import layout_regions, parse_boxes
+    from .regional import build_regions
 
-    prompts, strength = args.region, args.region_strength
-    if not prompts:
+    if not args.region:
         if args.boxes or args.region_mask:
             raise ClifError("--boxes and --region-mask place --region prompts; give one --region per box or mask")
         return ()
     if args.boxes and args.region_mask:
         raise ClifError("give either --boxes or --region-mask, not both")
-    if args.boxes:
-        boxes = parse_boxes(args.boxes)
-        if len(boxes) != len(prompts):
-            raise ClifError(f"--boxes gives {len(boxes)} box(es) for {len(prompts)} --region prompt(s); give one each")
-        return tuple(Region(p, box=b, strength=strength) for p, b in zip(prompts, boxes))
-    if args.region_mask:
-        if len(args.region_mask) != len(prompts):
-            raise ClifError(f"{len(args.region_mask)} --region-mask image(s) for {len(prompts)} --region prompt(s); "
-                            "give one each")
-        regions = []
-        for prompt, path in zip(prompts, args.region_mask):
-            try:
-                with Image.open(path) as im:
-                    mask = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            except OSError as err:
-                raise ClifError(f"--region-mask {path}: cannot be read as an image ({err})") from None
-            regions.append(Region(prompt, mask=mask, strength=strength))
-        return tuple(regions)
-    return layout_regions(args.layout, prompts, strength)
+    masks = []
+    for path in args.region_mask:
+        try:
+            with Image.open(path) as im:
+                masks.append(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)
+        except OSError as err:
+            raise ClifError(f"--region-mask {path}: cannot be read as an image ({err})") from None
+    layout = "boxes" if args.boxes else "masks" if masks else args.layout
+    return build_regions(layout, args.region, args.boxes or "", masks, args.region_strength)
 
 
 def run(args: argparse.Namespace) -> int:

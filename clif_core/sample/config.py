@@ -11,6 +11,12 @@ from clif_core.errors import ClifError
 SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
 """Scheduler names `SampleConfig.scheduler` accepts (see `schedulers.make_scheduler`)."""
 
+LAYOUTS = ("left_right", "top_bottom", "grid")
+"""Named regional layouts (see `regional.layout_boxes`); "boxes" and "masks" place regions explicitly."""
+
+REGION_STRENGTH = 0.8
+"""Default share of a region prompt inside its region: the global (scene) prompt keeps the rest."""
+
 
 @dataclass(frozen=True)
 class Region:
@@ -19,13 +25,14 @@ class Region:
     `box` is (x0, y0, x1, y1) in fractions of the image width and height (0,0 is the top-left corner);
     `mask` a 2-D array or tensor with values in 0..1, of any size (it is resized to each attention
     resolution). Give exactly one of them. `strength` (0..1) is how much the region prompt replaces the
-    global prompt inside the region; where regions overlap their weights are scaled to sum to at most 1.
+    global prompt inside the region (the default keeps a little of the scene prompt everywhere); where regions
+    overlap their weights are scaled to sum to at most 1.
     """
 
     prompt: str
     box: Optional[tuple[float, float, float, float]] = None
     mask: Optional[Any] = field(default=None, compare=False)
-    strength: float = 1.0
+    strength: float = REGION_STRENGTH
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for the recipe (a mask is described by its size only)."""

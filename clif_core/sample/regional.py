@@ -14,16 +14,14 @@ The same weights, as ComfyUI conditioning masks, drive the Regional Conditioning
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from clif_core.errors import ClifError
 
-from .config import Region
-
-LAYOUTS = ("left_right", "top_bottom", "grid")
+from .config import LAYOUTS, REGION_STRENGTH, Region
 
 
 def layout_boxes(layout: str, n: int) -> list[tuple[float, float, float, float]]:
@@ -43,10 +41,10 @@ def layout_boxes(layout: str, n: int) -> list[tuple[float, float, float, float]]
             in_row = min(cols, n - r * cols)
             boxes += [(c / in_row, r / rows, (c + 1) / in_row, (r + 1) / rows) for c in range(in_row)]
         return boxes
-    raise ClifError(f"layout {layout!r} is not known; use one of {', '.join(LAYOUTS)}, or explicit boxes/masks")
+    raise ClifError(f"layout {layout!r} is not known; use one of {', '.join(LAYOUTS)}, boxes or masks")
 
 
-def layout_regions(layout: str, prompts: Sequence[str], strength: float = 1.0) -> tuple[Region, ...]:
+def layout_regions(layout: str, prompts: Sequence[str], strength: float = REGION_STRENGTH) -> tuple[Region, ...]:
     """Regions for `prompts` placed by a named layout (see `layout_boxes`)."""
     return tuple(Region(p, box=b, strength=strength) for p, b in zip(prompts, layout_boxes(layout, len(prompts))))
 
@@ -64,6 +62,29 @@ def parse_boxes(text: str) -> list[tuple[float, float, float, float]]:
                             "width and height, e.g. 0,0,0.5,1 for the left half); separate boxes with ';'")
         boxes.append(values)
     return boxes
+
+
+def build_regions(layout: str, prompts: Sequence[str], boxes: str = "", masks: Optional[Any] = None,
+                  strength: float = REGION_STRENGTH) -> tuple[Region, ...]:
+    """Regions from what a user writes: one prompt per region, placed by a named layout (LAYOUTS), by `boxes`
+    text (layout "boxes", see `parse_boxes`) or by `masks` (layout "masks": a sequence or [N, H, W] array/tensor
+    of N masks, one per prompt). Empty prompts are dropped."""
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        raise ClifError("regional prompts are on but no region prompt was given; write one prompt per region")
+    if layout == "boxes":
+        placed = parse_boxes(boxes)
+        if len(placed) != len(prompts):
+            raise ClifError(f"{len(placed)} box(es) for {len(prompts)} region prompt(s); give one box per prompt "
+                            "as 'x0,y0,x1,y1' separated by ';'")
+        return tuple(Region(p, box=b, strength=strength) for p, b in zip(prompts, placed))
+    if layout == "masks":
+        count = 0 if masks is None else len(masks)
+        if count != len(prompts):
+            raise ClifError(f"{count} mask(s) for {len(prompts)} region prompt(s); give one mask per prompt, in "
+                            "the same order")
+        return tuple(Region(p, mask=m, strength=strength) for p, m in zip(prompts, masks))
+    return layout_regions(layout, prompts, strength)
 
 
 def _rasterise(region: Region, height: int, width: int) -> torch.Tensor:
