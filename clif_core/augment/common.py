@@ -197,65 +197,16 @@ def resolve_common(
     return [found[w] for w in words]
 
 
-def pipeline_generator(
-    base: "BaseModel",
-    steps: int = 25,
-    guidance: float = 7.5,
-    size: Optional[int] = None,
-    reporter: Reporter = SILENT,
-) -> GenerateFn:
-    """A `generate(prompt, n, seed)` over a stock diffusers text-to-image pipeline on the base model's components.
-
-    Picture j of a call is drawn from a CPU generator seeded with `seed + j`, so a picture does not depend
-    on n or on the device. The scheduler is a copy (pipelines change their scheduler's state). `size`:
-    the square side in pixels, None for the model's native size. Progress is reported per denoising step
-    and cancel is checked at each. Interim: the pack's sampler (`clif_core.sample`) is meant to provide
-    this adapter.
-    """
-    import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    scheduler = type(base.scheduler).from_config(base.scheduler.config)
-    if base.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=base.vae, text_encoder=base.text[0].encoder, text_encoder_2=base.text[1].encoder,
-            tokenizer=base.text[0].tokenizer, tokenizer_2=base.text[1].tokenizer, unet=base.unet,
-            scheduler=scheduler,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=base.vae, text_encoder=base.text[0].encoder, tokenizer=base.text[0].tokenizer, unet=base.unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-
-    def generate(prompt: str, n: int, seed: int) -> list[Image.Image]:
-        images = []
-        for j in range(n):
-
-            def on_step(pipe_, i, _t, kwargs, j=j):
-                reporter.check_cancel()
-                per_picture = pipe_.num_timesteps  # some schedulers add warm-up steps
-                reporter.progress(j * per_picture + i + 1, n * per_picture, None)
-                return kwargs
-
-            generator = torch.Generator("cpu").manual_seed(seed + j)
-            out = pipe(prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
-                       generator=generator, callback_on_step_end=on_step, output_type="pil")
-            images.append(out.images[0])
-        return images
-
-    return generate
-
-
 def lazy_model_generator(
-    load_base: Callable[[], "BaseModel"], steps: int = 25, guidance: float = 7.5, reporter: Reporter = SILENT
+    load_base: Callable[[], "BaseModel"], steps: int = 25, cfg: float = 7.0, reporter: Reporter = SILENT
 ) -> tuple[GenerateFn, Callable[[], str]]:
     """(generate, fingerprint) for `resolve_common` over a base model that is loaded only when first needed.
 
-    Nothing is loaded when every word has a folder; a word without one needs the fingerprint (the cache
-    key: the model and the settings that change its pictures), which loads the model, but pictures found
-    in the cache are not drawn again.
+    Pictures are drawn by the pack's sampler (`clif_core.sample.sampler.make_generate`: the sampler's default
+    scheduler, `steps`, `cfg`, the model's native size; picture j from seed `seed + j`). Nothing is loaded
+    when every word has a folder; a word without one needs the fingerprint (the cache key: the model and
+    the settings that change its pictures), which loads the model, but pictures found in the cache are not
+    drawn again.
     """
     state: dict = {}
 
@@ -264,12 +215,20 @@ def lazy_model_generator(
             state["base"] = load_base()
         return state["base"]
 
+    def template():
+        from ..sample.config import SampleConfig
+
+        return SampleConfig(prompt="", steps=steps, cfg=cfg)
+
     def generate(prompt: str, n: int, seed: int) -> list:
         if "generate" not in state:
-            state["generate"] = pipeline_generator(base(), steps=steps, guidance=guidance, reporter=reporter)
+            from ..sample.sampler import make_generate
+
+            state["generate"] = make_generate(base(), template(), reporter=reporter)
         return state["generate"](prompt, n, seed)
 
     def fingerprint() -> str:
-        return f"{base().fingerprint}/steps={steps}/cfg={guidance}"
+        t = template()
+        return f"{base().fingerprint}/{t.scheduler}/steps={t.steps}/cfg={t.cfg}"
 
     return generate, fingerprint
