@@ -2,7 +2,7 @@
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import base_model, concept_files
+from . import augment, base_model, concept_files
 from . import sampling
 
 
@@ -11,7 +11,7 @@ class ClifExtension(ComfyExtension):
         from .comfy_adapter import register_model_folders
 
         register_model_folders()
-        return [*base_model.NODES, *concept_files.NODES, *sampling.NODES]
+        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:
