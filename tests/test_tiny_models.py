@@ -59,7 +59,8 @@ def test_tiny_shapes(family):
     assert 2 ** (len(base.vae.config.block_out_channels) - 1) == TINY_VAE_SCALE == 2
     for slot in base.text:
         cfg = slot.encoder.config
-        assert cfg.num_hidden_layers == 2 and 32 <= cfg.hidden_size <= 64 and cfg.vocab_size == 49408
+        assert cfg.num_hidden_layers == (3 if family == "sdxl" else 2)
+        assert 32 <= cfg.hidden_size <= 64 and cfg.vocab_size == 49408
         assert len(slot.tokenizer) == 49408
     assert base.unet.config.cross_attention_dim == sum(s.width for s in base.text)
     if family == "sdxl":

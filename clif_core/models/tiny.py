@@ -18,15 +18,14 @@ same `load_base_model` paths a user's model takes.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from clif_core.fileio import atomic_dir
 from clif_core.models.base import BaseModel
 from clif_core.models.clip_bpe import BPE_DIR, clip_tokenizer
 from clif_core.models.families import get_family
@@ -98,7 +97,8 @@ def tiny_configs(family: str) -> dict[str, dict]:
             "vocab_size": 49408,
             "hidden_size": width,
             "intermediate_size": 4 * width,
-            "num_hidden_layers": 2,
+            # SDXL conditions on the penultimate layer; ComfyUI refuses SDXL encoders of fewer than 3 layers.
+            "num_hidden_layers": 3 if spec.name == "sdxl" else 2,
             "num_attention_heads": 4,
             "max_position_embeddings": 77,
             "hidden_act": "quick_gelu" if openai_clip else "gelu",
@@ -173,13 +173,13 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
     base = build_tiny_model(spec.name, seed)
 
     diffusers_dir = out / "diffusers"
-    with _atomic_dir(diffusers_dir) as tmp:
+    with atomic_dir(diffusers_dir) as tmp:
         _save_diffusers(base, tmp)
 
     single_file = save_single_file(base, out / f"tiny-{spec.name}.safetensors")
 
     vision_dir = out / "vision"
-    with _atomic_dir(vision_dir) as tmp:
+    with atomic_dir(vision_dir) as tmp:
         build_tiny_vision_tower(spec.name, seed).save_pretrained(tmp)
         CLIPImageProcessor(
             size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
@@ -218,27 +218,3 @@ def _save_diffusers(base: BaseModel, folder: Path) -> None:
             shutil.copyfile(BPE_DIR / name, folder / sub / name)
 
 
-class _atomic_dir:
-    """Build a folder under a temporary name next to `target`; on success replace `target` with it."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
-        os.chmod(self.tmp, 0o755)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            self.target.rename(old)
-            self.tmp.rename(self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.tmp.rename(self.target)
