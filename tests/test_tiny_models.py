@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -90,25 +89,19 @@ def _one_denoise(base, prompt="a photo of a cat"):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_cpu_forward_at_64px_is_well_under_a_second(family):
+def test_one_full_pass_at_64px_stays_within_its_flop_budget(family):
     from torch.utils.flop_counter import FlopCounterMode
 
     base = build_tiny_model(family)
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             latent, noise_pred, decoded = _one_denoise(base)
-        timings = []
-        for _ in range(5):  # CPU time of this process: steady when other processes share the cores
-            start = time.process_time()
-            _one_denoise(base)
-            timings.append(time.process_time() - start)
     assert latent.shape == noise_pred.shape == (1, 4, TINY_IMAGE_SIZE // 2, TINY_IMAGE_SIZE // 2)
     assert decoded.shape == (1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     assert torch.isfinite(decoded).all()
-    # Text encoders + VAE encode + one UNet step + VAE decode: about 2.8 GFLOP, about 0.1 s wall-clock
-    # (0.2 CPU-seconds over 2 threads) on an idle 2-core machine.
+    # Text encoders + VAE encode + one UNet step + VAE decode: about 2.8 GFLOP (about 0.1 s on an idle
+    # 2-core machine). Speed itself is never asserted in tests: the FLOP count is the deterministic budget.
     assert counter.get_total_flops() < 4e9
-    assert min(timings) < 1.0, timings
 
 
 @pytest.mark.parametrize("family,paired", [("sd1", "clip_l"), ("sdxl", "clip_g")])
