@@ -21,9 +21,10 @@ from clif_core.train.contrastive import ContrastiveConfig, info_nce, train_contr
 from clif_core.train.loop import LoopConfig
 from clif_core.train.run_folder import RunFolder
 from clif_core.train.vision import load_vision_tower, pair_encoder, save_vision_tower_file
-from tests.test_train_data import make_dataset
+from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
 
 QUIET = Reporter(log=lambda m: None)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stage1_config(**kw) -> ContrastiveConfig:

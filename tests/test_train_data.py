@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from clif_core.augment.common import CommonConcept
@@ -28,7 +29,8 @@ def _figure(head, body, bg=(235, 238, 240), shift=0) -> Image.Image:
     return img
 
 
-def make_dataset(folder: Path, class_words=("person", "person"), seed: int = 1, **counts) -> Path:
+def make_dataset(folder: Path, class_words=("person", "person"), seed: int = 1, resolution: int = RES,
+                 **counts) -> Path:
     """Two concepts (alice: red head, blue body; bob: green head, orange body) and one common word."""
     alice = Concept("alice", "<alice>", class_words[0],
                     [_figure((200, 40, 40), (40, 40, 190)), _figure((200, 40, 40), (40, 40, 190), shift=4)],
@@ -38,10 +40,20 @@ def make_dataset(folder: Path, class_words=("person", "person"), seed: int = 1, 
                   parts=["head", "body"])
     chef = Image.new("RGB", (80, 80), (210, 215, 220))
     ImageDraw.Draw(chef).polygon([(40, 5), (75, 75), (5, 75)], fill=(20, 20, 20))
-    config = dict(resolution=RES, n_global=4, n_region=4, n_mix=4, n_single=2, n_parts=2, seed=seed)
+    config = dict(resolution=resolution, n_global=4, n_region=4, n_mix=4, n_single=2, n_parts=2, seed=seed)
     config.update(counts)
     return build_dataset([alice, bob], folder, AugmentConfig(**config), FallbackSegmenter(),
                          [CommonConcept("chef", [chef])])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread: their ops are too small to split, and on a shared CPU extra
+    threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -363,7 +363,7 @@ def run_training(
                     reporter.log(f"{label}: step {step}/{config.steps} loss {value:.5f}")
                 preview = None
                 if main and config.preview_every and step % config.preview_every == 0:
-                    with torch.no_grad():
+                    with torch.no_grad(), accelerator.autocast():
                         preview = task.preview() or draw_loss_curve([(label, history)])
                 reporter.progress(step, config.steps, preview)
     except BaseException:

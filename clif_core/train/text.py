@@ -33,11 +33,11 @@ def unet_conditioning(
     if base.family != "sdxl":
         slot = base.text[0]
         return slot.encoder(input_ids=token_ids(slot, prompts, device))[0], None
-    hidden, pooled = [], None
+    hidden = []
     for slot in base.text:
         out = slot.encoder(input_ids=token_ids(slot, prompts, device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
-        pooled = out.text_embeds  # the last (second) encoder's, as SDXL pipelines take it
+    pooled = out.text_embeds  # the last (second) encoder's projected output, as SDXL pipelines take it
     h, w = size
     time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=device, dtype=pooled.dtype).repeat(len(prompts), 1)
     return torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": time_ids}

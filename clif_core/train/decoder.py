@@ -1,0 +1,374 @@
+"""Stage 2 of CLIF: decoder fine-tuning on the augmented set, ending in the final concept file.
+
+Loss: the denoising loss ‖target − UNet(z_t, t, τ(caption))‖² with the target the scheduler's prediction type
+asks for (ε for epsilon, v for v_prediction, z₀ for sample). Trained: a peft LoRA on the UNet (rank, alpha
+and target modules configurable; by default rank 16 on the attention projections) and the concept token
+rows of every text encoder at a lower learning rate; the rest is frozen, a text LoRA from stage 1 included.
+Options: loss weighted by the slot masks (the pictured items count fully, the white background by
+`background_weight`), prior preservation with class images (`prior.class_images`), min-SNR weighting
+(Hang et al. 2023) and noise offset. VAE latents are encoded once (their mean and spread; a new latent is
+drawn from them every step). The output file (`save_concept_file`, UNet LoRA through `lora_from_peft`)
+loads in `apply_concepts`, ComfyUI's Apply Concepts and its stock LoraLoader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clif_core.concepts.file_format import ConceptFile, make_thumbnail
+from clif_core.concepts.lora_keys import UNET_LORA_TARGETS, UNET_PREFIX, lora_from_peft
+from clif_core.errors import ClifError
+from clif_core.progress import SILENT, Reporter
+
+from . import data
+from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
+from .prior import CLASS_PROMPT, class_images, make_pipeline, pipeline_generate
+from .run_folder import RunFolder
+from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
+from .text import unet_conditioning
+from .tokens import ConceptTokens, initial_concepts
+
+OUTPUT = "concepts.safetensors"
+ADAPTER = "clif_stage2"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(steps=1000, batch_size=1, checkpoint_every=250, log_every=50, preview_every=100)
+
+
+@dataclass
+class DecoderConfig:
+    """Stage 2 settings; `loop` holds the shared ones."""
+
+    vectors: int = 2  # token vectors per concept when there is no stage-1 file to start from
+    lora_rank: int = 16
+    lora_alpha: float = 0.0  # 0: the rank (scale 1)
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    lr: float = 2e-4  # UNet LoRA (the public code's)
+    train_tokens: bool = True
+    token_lr: float = 5e-5
+    masked_loss: bool = False
+    background_weight: float = 0.1
+    min_snr_gamma: float = 0.0  # 0: off; 5 is the paper's value
+    noise_offset: float = 0.0
+    prior_weight: float = 0.0  # 0: no prior preservation
+    prior_images: int = 8  # per class word
+    prior_generation_steps: int = 25
+    preview_prompt: str = ""  # "": the first Mix caption of the dataset (or the first caption)
+    preview_steps: int = 20  # 0: no rendered previews and no thumbnail
+    loop: LoopConfig = field(default_factory=_default_loop)
+
+    def check(self) -> None:
+        self.loop.check()
+        if self.lora_rank < 1:
+            raise ClifError(f"lora_rank is {self.lora_rank}; it must be at least 1")
+        bad = [t for t in self.lora_targets if t not in UNET_LORA_TARGETS]
+        if bad or not self.lora_targets:
+            raise ClifError(
+                f"UNet LoRA targets {list(self.lora_targets)}: choose among {', '.join(UNET_LORA_TARGETS)} "
+                "(the modules both ComfyUI and diffusers load)"
+            )
+        for name in ("lr", "token_lr", "background_weight", "min_snr_gamma", "noise_offset", "prior_weight",
+                     "lora_alpha"):
+            if getattr(self, name) < 0:
+                raise ClifError(f"stage 2 setting {name} is {getattr(self, name)}; it cannot be negative")
+        if self.prior_weight and self.prior_images < 1:
+            raise ClifError("prior preservation needs prior_images of at least 1")
+        if self.vectors < 1:
+            raise ClifError(f"vectors per concept is {self.vectors}; it must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        d["loop"] = self.loop.to_dict()
+        return d
+
+
+@dataclass
+class Latents:
+    """Encoded images: the VAE's latent mean and spread, caption (expanded), loss weights [N, 1, h, w]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    captions: list[str]
+    weights: torch.Tensor
+    size: tuple[int, int]  # image (h, w) in pixels
+
+
+@torch.no_grad()
+def encode_images(base: Any, images: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latent mean and standard deviation of images [3, H, W] in 0..1 (float32, on the model's device)."""
+    vae = base.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        means, stds = [], []
+        for start in range(0, len(images), batch):
+            x = torch.stack(list(images[start : start + batch])).to(base.device, vae.dtype) * 2 - 1
+            dist = vae.encode(x).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+    finally:
+        if upcast:
+            vae.to(torch.float16)  # fp16 → fp32 → fp16 is exact
+    return torch.cat(means), torch.cat(stds)
+
+
+def _weights(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int], background: float, on: bool) -> torch.Tensor:
+    """Per-sample loss weights [N, 1, h, w] with mean 1: slot masks count 1, background `background`."""
+    if not on:
+        return torch.ones(len(masks), 1, *latent_hw)
+    maps = torch.stack([m.any(dim=0, keepdim=True).float() for m in masks])
+    maps = F.interpolate(maps, size=latent_hw, mode="area")
+    w = maps + background * (1 - maps)
+    return w / w.mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+
+
+class DecoderTask:
+    """The loop's view of stage 2."""
+
+    def __init__(self, base: Any, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
+                 train: Latents, prior: Optional[Latents], preview_prompt: str):
+        from diffusers import DDPMScheduler
+
+        self.base, self.tokens, self.lora, self.config = base, tokens, lora, config
+        self.train, self.prior, self.preview_prompt = train, prior, preview_prompt
+        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        self.prediction_type = base.prediction_type
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ClifError(f"the base model's prediction type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        vae = base.vae.config
+        self.scaling = float(vae.scaling_factor)
+        self.shift = float(getattr(vae, "shift_factor", None) or 0.0)
+
+    def param_groups(self) -> list[ParamGroup]:
+        groups = [ParamGroup("unet_lora", self.lora, self.config.lr)]
+        if self.config.train_tokens:
+            groups.append(ParamGroup("tokens", dict(self.tokens.rows), self.config.token_lr, 0.0))
+        return groups
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.base.unet, *(s.encoder for s in self.base.text)]
+
+    def num_samples(self) -> int:
+        return len(self.train.captions)
+
+    def epoch_order(self, epoch: int, seed: int, batch_size: int) -> list[int]:
+        return data.shuffled_order(range(self.num_samples()), epoch, seed)
+
+    def load_batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        idx = list(indices)
+        return {"mean": self.train.mean[idx], "std": self.train.std[idx], "weights": self.train.weights[idx],
+                "captions": [self.train.captions[i] for i in idx]}
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        device = self.base.device
+        mean, std, weights, captions = batch["mean"], batch["std"], batch["weights"], list(batch["captions"])
+        n_inst = len(captions)
+        if self.prior is not None:  # as many class images as instance images, drawn at random
+            pick = torch.randint(0, len(self.prior.captions), (n_inst,)).tolist()
+            mean = torch.cat([mean, self.prior.mean[pick]])
+            std = torch.cat([std, self.prior.std[pick]])
+            weights = torch.cat([weights, self.prior.weights[pick]])
+            captions += [self.prior.captions[i] for i in pick]
+        latents = (mean + std * torch.randn(std.shape).to(device) - self.shift) * self.scaling
+        noise = torch.randn(latents.shape).to(device)
+        if self.config.noise_offset:
+            noise = noise + self.config.noise_offset * torch.randn(latents.shape[:2] + (1, 1)).to(device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (latents.shape[0],)).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = latents
+        context, added = unet_conditioning(self.base, captions, device, self.train.size)
+        pred = self.base.unet(noisy, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        err = ((pred.float() - target.float()) ** 2 * weights.to(device)).mean(dim=(1, 2, 3))
+        if self.config.min_snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(self.noise_scheduler, t)
+            clipped = snr.clamp(max=self.config.min_snr_gamma)
+            err = err * (clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr)
+        loss = err[:n_inst].mean()
+        if self.prior is not None:
+            loss = loss + self.config.prior_weight * err[n_inst:].mean()
+        return loss
+
+    def fixed_loss(self, seed: int, autocast: Callable[[], Any], count: int = 4) -> float:
+        """The loss on the first `count` samples with fixed noise and timesteps (comparable across training)."""
+        cuda = [self.base.device] if self.base.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda), autocast():
+            torch.manual_seed(seed)
+            return float(self.loss(self.load_batch(range(min(count, self.num_samples())))))
+
+    def preview(self) -> Optional[Any]:
+        if not self.config.preview_steps:
+            return None
+        pipe = make_pipeline(self.base)
+        return pipe(self.preview_prompt, num_inference_steps=self.config.preview_steps, guidance_scale=7.5,
+                    generator=torch.Generator("cpu").manual_seed(self.config.loop.seed), output_type="pil").images[0]
+
+
+def _check_init(init: ConceptFile, dataset_tokens: Sequence[str], where: str) -> None:
+    if init.kind != "concepts":
+        raise ClifError(f"{where} is an {init.kind} file; stage 2 starts from concepts (a stage-1 output)")
+    if init.unet_lora:
+        raise ClifError(f"{where} already has a UNet LoRA; start stage 2 from a stage-1 file or from scratch")
+    tokens = [c.token for c in init.concepts]
+    if sorted(tokens) != sorted(dataset_tokens):
+        raise ClifError(
+            f"{where} holds the concepts {tokens} but the dataset has {list(dataset_tokens)}; use the stage-1 file "
+            "made from this dataset"
+        )
+
+
+def _fingerprint(cf: ConceptFile) -> str:
+    h = hashlib.sha256()
+    for c in cf.concepts:
+        for enc in sorted(c.embeddings):
+            h.update(f"{c.token}.{enc}".encode())
+            h.update(c.embeddings[enc].float().numpy().tobytes())
+    for key in sorted(cf.text_lora):
+        h.update(key.encode())
+        h.update(cf.text_lora[key].float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _add_unet_lora(unet: Any, config: DecoderConfig) -> dict[str, torch.nn.Parameter]:
+    from peft import LoraConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.loop.seed)
+        unet.add_adapter(LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+            target_modules=list(config.lora_targets), lora_dropout=0.0,
+        ), adapter_name=ADAPTER)
+    params = {n: p for n, p in unet.named_parameters() if f".{ADAPTER}." in n}
+    for p in params.values():
+        p.data = p.data.float()  # fp32 master weights over half-precision frozen ones
+    return params
+
+
+def train_decoder(
+    base: Any,
+    dataset: str | Path,
+    run_dir: str | Path,
+    config: Optional[DecoderConfig] = None,
+    init: Optional[ConceptFile] = None,
+    reporter: Reporter = SILENT,
+    accelerator: Any = None,
+    restart: bool = False,
+    class_dir: Optional[str | Path] = None,
+    generate: Optional[Callable[[str, int, int], list]] = None,
+) -> StageResult:
+    """Run stage 2 on `base` (left unchanged afterwards) with the augmented `dataset` folder.
+
+    `init`: the stage-1 concept file (its embeddings start the tokens, its text LoRA stays applied and goes
+    into the output); None starts every concept from its class word. Prior preservation takes class images
+    from `class_dir/<class word>/` or, missing those, generates them with `generate` (default: the base model
+    through a diffusers pipeline). Writes RUN/concepts.safetensors and RUN/metrics.json.
+    """
+    config = config or DecoderConfig()
+    config.check()
+    ds = data.open_dataset(dataset)
+    concepts = data.dataset_concepts(ds)
+    if init is not None:
+        _check_init(init, [c[1] for c in concepts], f"concept file {init.display_title()!r}")
+    accelerator = accelerator or make_accelerator(config.loop, base.device)
+    check_precision(base, accelerator.mixed_precision)
+    run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
+    recipe = {
+        "stage": "decoder", "config": config.to_dict(), "base": base_recipe(base),
+        "dataset": data.dataset_fingerprint(ds), "init": _fingerprint(init) if init is not None else None,
+        "class_dir": str(class_dir) if class_dir and config.prior_weight else None,
+    }
+    open_run(run, recipe, restart, accelerator)
+
+    encoded = _encode_dataset(base, ds, config)
+    prior_images = None
+    if config.prior_weight:
+        words = sorted({c[2] for c in concepts})
+        with accelerator.main_process_first():
+            prior_images = class_images(
+                base, words, config.prior_images, config.loop.seed, run.path / "class_images",
+                Path(class_dir) if class_dir else None,
+                generate or pipeline_generate(base, steps=config.prior_generation_steps), reporter)
+    start = init if init is not None else initial_concepts(base, concepts, config.vectors)
+    tokens = ConceptTokens(base, start, trainable=[s.name for s in base.text] if config.train_tokens else [])
+    try:
+        train_latents = Latents(encoded.mean, encoded.std, [tokens.expand(c) for c in encoded.captions],
+                                encoded.weights, encoded.size)
+        prior = _prior_latents(base, prior_images, encoded) if prior_images else None
+        lora = _add_unet_lora(base.unet, config)
+        preview_prompt = config.preview_prompt or next(
+            (r.caption for r in ds.records if r.kind == "M"), ds.records[0].caption)
+        task = DecoderTask(base, tokens, lora, config, train_latents, prior, preview_prompt)
+        before = task.fixed_loss(config.loop.seed, accelerator.autocast)
+        trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
+        after = task.fixed_loss(config.loop.seed, accelerator.autocast)
+        thumbnail = None
+        if config.preview_steps and accelerator.is_main_process:
+            with torch.no_grad(), accelerator.autocast():
+                thumbnail = make_thumbnail(task.preview())
+        unet_lora = lora_from_peft(base.unet, UNET_PREFIX, ADAPTER)
+        entries = tokens.entries()
+    finally:
+        tokens.remove()
+    metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
+               "prediction_type": task.prediction_type, "preview_prompt": preview_prompt}
+    notes = []
+    if init is not None and init.metadata.get("stage1", {}).get("note"):
+        notes.append(init.metadata["stage1"]["note"])
+    result_file = ConceptFile(
+        concepts=entries, base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=unet_lora,
+        text_lora=dict(init.text_lora) if init is not None else {},
+        recipe={**(init.recipe if init is not None else {}), "stage2": recipe},
+        title=", ".join(c.name for c in entries), thumbnail=thumbnail,
+        metadata={**(init.metadata if init is not None else {}), "stage2": metrics},
+    )
+    result = StageResult(result_file, run.output(OUTPUT), run.path, metrics, notes, trained)
+    write_outputs(result, run, accelerator)
+    return result
+
+
+def _encode_dataset(base: Any, ds: Any, config: DecoderConfig, batch: int = 8) -> Latents:
+    """Every sample's latent distribution, caption (placeholders as written) and loss weights."""
+    means, stds, weights, captions = [], [], [], []
+    for start in range(0, len(ds), batch):
+        samples = [ds[i] for i in range(start, min(len(ds), start + batch))]
+        mean, std = encode_images(base, [s.image for s in samples])
+        means.append(mean)
+        stds.append(std)
+        weights.append(_weights([s.masks for s in samples], tuple(mean.shape[-2:]), config.background_weight,
+                                config.masked_loss))
+        captions += [s.caption for s in samples]
+    size = tuple(ds[0].image.shape[-2:])
+    return Latents(torch.cat(means), torch.cat(stds), captions, torch.cat(weights), size)
+
+
+def _prior_latents(base: Any, images: Sequence[Any], like: Latents) -> Latents:
+    """Class images, centre-cropped and resized to the dataset's size, encoded once."""
+    import numpy as np
+    from PIL import ImageOps
+
+    tensors, captions = [], []
+    for concept in images:
+        for im in concept.images:
+            fitted = ImageOps.fit(im.convert("RGB"), (like.size[1], like.size[0]))
+            tensors.append(torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0).permute(2, 0, 1))
+            captions.append(CLASS_PROMPT.format(word=concept.word))
+    mean, std = encode_images(base, tensors)
+    return Latents(mean, std, captions, torch.ones(len(captions), *like.weights.shape[1:]), like.size)
