@@ -65,14 +65,11 @@ def load_comfy_checkpoint(path: Union[str, Path], embedding_directory: Union[str
 
 def _original_layout_of_folder(root: Path) -> tuple[dict, dict, str]:
     """A diffusers folder as one original-layout state dict (what ComfyUI reads), its configs and family."""
-    from clif_core.models.ldm_layout import to_original_state_dict
+    from clif_core.models.ldm_layout import component_configs, to_original_state_dict
     from clif_core.models.loader import load_base_model
 
     base = load_base_model(root, device="cpu")
-    configs = {"unet": dict(base.unet.config), "vae": dict(base.vae.config), "scheduler": dict(base.scheduler.config)}
-    for sub, slot in zip(("text_encoder", "text_encoder_2"), base.text):
-        configs[sub] = slot.encoder.config.to_dict()
-    return to_original_state_dict(base), configs, base.family
+    return to_original_state_dict(base), component_configs(base), base.family
 
 
 # ------------------------------------------------------------------------------------------ small models
