@@ -1,0 +1,193 @@
+"""Build the shipped workflows (workflows/*.json) and their thumbnails from the compact descriptions below.
+
+    .venv/bin/python scripts/build_workflows.py            # JSON + thumbnails
+    .venv/bin/python scripts/build_workflows.py --no-run   # JSON only
+
+Starts the test rig's real ComfyUI server with the pack (tests/comfyui/rig.py), reads its live /object_info for
+widget order, socket types and combo options, writes each workflow in the editor's UI format, then converts it
+with comfy-cli's converter, runs it with lowered step counts and saves the first output image as the same-name
+.jpg thumbnail. A workflow whose nodes the pack does not register yet is skipped and named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.workflow_tools import (  # noqa: E402
+    CONCEPT_FILE, WORKFLOWS_DIR, Group, Node, Workflow, build_ui_workflow, default_base_model, lower_steps,
+    prepare_server,
+)
+
+PAIR = "a photo of <ada> on the left and <ida> on the right"
+NEGATIVE = "blurry, deformed"
+ERASE_TARGET = "circle -> square"
+SAVED_PATCH = "erase_circle"
+
+
+def stock_sampler(prefix: str, key: str, title: str, model: tuple[str, str], seed: int, prompt_key: str,
+                  negative_key: str, latent_key: str, vae: tuple[str, str], out_title: str) -> list[Node]:
+    return [
+        Node(f"{key}_ks", "KSampler", title, {"seed": seed, "steps": 25, "cfg": 6.0},
+             {"model": model, "positive": (prompt_key, "CONDITIONING"), "negative": (negative_key, "CONDITIONING"),
+              "latent_image": (latent_key, "LATENT")}),
+        Node(f"{key}_dec", "VAEDecode", f"Decode ({title.lower()})", links={"samples": (f"{key}_ks", "LATENT"),
+                                                                             "vae": vae}),
+        Node(f"{key}_save", "SaveImage", out_title, {"filename_prefix": prefix},
+             {"images": (f"{key}_dec", "IMAGE")}),
+    ]
+
+
+def workflows(base: str) -> list[Workflow]:
+    load = Node("base", "CLIFLoadBaseModel", "Base model (sandbox)", {"base_model": base})
+    concepts = Node("concepts", "CLIFLoadConceptFile", "Concept file: ada + ida",
+                    {"concept_file": CONCEPT_FILE})
+    return [
+        Workflow("clif_2_multi_concept_sampling", note="Two trained concepts in one picture with the CLIF Sampler: "
+                 "a plain prompt and the same prompt with a left/right regional layout, same seed.", groups=[
+            Group("1. Model and concepts", [load, concepts]),
+            Group("2. Plain prompt", [
+                Node("plain", "CLIFSampler", "CLIF Sampler: plain prompt",
+                     {"prompt": PAIR, "negative_prompt": NEGATIVE, "seed": 7, "steps": 30, "cfg": 6.0,
+                      "width": 64, "height": 64, "batch_size": 2},
+                     {"clif_base": ("base", "clif_base"), "concepts_1": ("concepts", "concepts")}),
+                Node("plain_save", "CLIFSaveImage", "Save: plain", {"filename_prefix": "clif/sampling_plain"},
+                     {"images": ("plain", "IMAGE"), "recipe": ("plain", "recipe")}),
+            ], "#2a6f3a"),
+            Group("3. Regional layout (left / right)", [
+                Node("regional", "CLIFSampler", "CLIF Sampler: regional layout",
+                     {"prompt": PAIR, "negative_prompt": NEGATIVE, "seed": 7, "steps": 30, "cfg": 6.0,
+                      "width": 64, "height": 64, "batch_size": 2, "layout": "left_right",
+                      "region_prompts": "a photo of <ada>\na photo of <ida>"},
+                     {"clif_base": ("base", "clif_base"), "concepts_1": ("concepts", "concepts")}),
+                Node("regional_save", "CLIFSaveImage", "Save: regional",
+                     {"filename_prefix": "clif/sampling_regional"},
+                     {"images": ("regional", "IMAGE"), "recipe": ("regional", "recipe")}),
+            ], "#6f4a2a"),
+        ]),
+        Workflow("clif_3_concepts_in_stock_graph", note="Trained concepts in ComfyUI's own graph: CLIF Apply "
+                 "Concepts patches MODEL and CLIP, then the stock CLIPTextEncode, KSampler, VAEDecode, SaveImage. "
+                 "The sandbox VAE folds 4x4 pixels into one latent, so a 128x128 empty latent gives 64x64 pictures.",
+                 groups=[
+            Group("1. Model and concepts", [
+                load, concepts,
+                Node("apply", "CLIFApplyConcepts", "Apply concepts to MODEL and CLIP", {},
+                     {"model": ("base", "MODEL"), "clip": ("base", "CLIP"), "concepts": ("concepts", "concepts")}),
+            ]),
+            Group("2. Prompt", [
+                Node("pos", "CLIPTextEncode", "Prompt with the concept tokens", {"text": PAIR},
+                     {"clip": ("apply", "CLIP")}),
+                Node("neg", "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE}, {"clip": ("apply", "CLIP")}),
+                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 2}),
+            ], "#2a6f3a"),
+            Group("3. Native sampling", stock_sampler("clif/stock_graph", "s", "KSampler with concepts",
+                                                      ("apply", "MODEL"), 7, "pos", "neg", "latent",
+                                                      ("base", "VAE"), "Save image"), "#6f4a2a"),
+        ]),
+        Workflow("clif_4_erase_a_concept", note="All-but-One erasure of 'circle', steered to 'square'; the same "
+                 "seeds render before (base MODEL) and after (patched MODEL).", groups=[
+            Group("1. Erase", [
+                load,
+                Node("erase", "CLIFEraseConcepts", "Erase 'circle' (alternative: square)",
+                     {"targets": ERASE_TARGET, "preserve": "a red triangle", "method": "all-but-one",
+                      "steps": 200, "filename": SAVED_PATCH, "run_name": SAVED_PATCH, "overwrite": True},
+                     {"clif_base": ("base", "clif_base")}),
+                Node("patch", "CLIFApplyErasurePatch", "Apply the erasure patch", {},
+                     {"model": ("base", "MODEL"), "erasure_patch": ("erase", "erasure_patch")}),
+            ], "#7a2a2a"),
+            Group("2. Same prompt, same seed", [
+                Node("pos", "CLIPTextEncode", "Prompt naming the erased concept", {"text": "a blue circle"},
+                     {"clip": ("base", "CLIP")}),
+                Node("neg", "CLIPTextEncode", "Negative prompt", {"text": ""}, {"clip": ("base", "CLIP")}),
+                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 4}),
+            ], "#2a6f3a"),
+            Group("3. Before (original model)", stock_sampler("clif/erase_before", "before", "KSampler before",
+                                                              ("base", "MODEL"), 11, "pos", "neg", "latent",
+                                                              ("base", "VAE"), "Save: before")),
+            Group("4. After (erased model)", stock_sampler("clif/erase_after", "after", "KSampler after",
+                                                           ("patch", "MODEL"), 11, "pos", "neg", "latent",
+                                                           ("base", "VAE"), "Save: after"), "#6f4a2a"),
+        ]),
+        Workflow("clif_5_purify_an_image", note="Purification: the picture is inverted with DDIM under the "
+                 "original model and regenerated with the erased model, keeping the layout and dropping the "
+                 "concept. The erasure node resumes the run of workflow 4 when it exists.", groups=[
+            Group("1. Erasure patch", [
+                load,
+                Node("erase", "CLIFEraseConcepts", "Erase 'circle' (alternative: square)",
+                     {"targets": ERASE_TARGET, "preserve": "a red triangle", "method": "all-but-one",
+                      "steps": 200, "filename": SAVED_PATCH, "run_name": SAVED_PATCH, "overwrite": True},
+                     {"clif_base": ("base", "clif_base")}),
+            ], "#7a2a2a"),
+            Group("2. Picture to purify", [
+                Node("image", "LoadImage", "Picture with a circle", {"image": "clif_example_circle.png"}),
+            ], "#2a6f3a"),
+            Group("3. Purify", [
+                Node("purify", "CLIFPurifyImage", "Purify (DDIM inversion + erased model)", {"steps": 50},
+                     {"clif_base": ("base", "clif_base"), "erasure_patch": ("erase", "erasure_patch"),
+                      "image": ("image", "IMAGE")}),
+                Node("save", "SaveImage", "Save: purified", {"filename_prefix": "clif/purified"},
+                     {"images": ("purify", "IMAGE")}),
+            ], "#6f4a2a"),
+        ]),
+    ]
+
+
+def thumbnail(paths: list[Path], out: Path) -> None:
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in paths[:4]]
+    side = 192
+    sheet = Image.new("RGB", (side * len(images), side), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im.resize((side, side), Image.NEAREST), (i * side, 0))
+    buf = io.BytesIO()
+    sheet.save(buf, format="JPEG", quality=88)
+    out.write_bytes(buf.getvalue())
+
+
+def main() -> None:
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    from tests.comfyui.rig import ComfyServer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-run", action="store_true", help="write the JSON only, no thumbnails")
+    parser.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
+        prepare_server(server, Path(tmp) / "models-src")
+        info = server.object_info()
+        base = default_base_model(info)
+        skipped = []
+        for wf in workflows(base):
+            if args.only and wf.name not in args.only:
+                continue
+            missing = sorted({n.type for g in wf.groups for n in g.nodes} - set(info))
+            if missing:
+                skipped.append(f"{wf.name} (needs {', '.join(missing)})")
+                continue
+            ui = build_ui_workflow(wf, info)
+            path = WORKFLOWS_DIR / f"{wf.name}.json"
+            path.write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
+            print(f"wrote {path.relative_to(REPO)}: {len(ui['nodes'])} nodes, {len(ui['groups'])} groups")
+            if args.no_run:
+                continue
+            prompt = convert_ui_to_api(ui, info)
+            lower_steps(prompt)
+            entry = server.run(prompt, timeout=600)
+            images = [p for p in server.output_files(entry) if p.suffix == ".png"]
+            thumbnail(images, path.with_suffix(".jpg"))
+            print(f"  thumbnail from {len(images)} output image(s)")
+        for s in skipped:
+            print(f"skipped {s}")
+
+
+if __name__ == "__main__":
+    main()
