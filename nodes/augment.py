@@ -11,9 +11,9 @@ import re
 
 from comfy_api.v0_0_2 import io, ui
 
+from .comfy_adapter import SAMS_FOLDER, register_model_folders
 from .types import BaseModelType, ConceptType, DatasetType, SegmenterType
 
-SAMS_FOLDER = "sams"
 FALLBACK = "fallback (no weights)"
 USER_MASKS = "user masks only"
 NO_FOLDER = "(none)"
@@ -27,23 +27,10 @@ _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def register_sams_folder() -> None:
-    """models/sams for SAM checkpoints (.pth, .safetensors); another pack's registration is kept and extended."""
-    import folder_paths
-
-    entry = folder_paths.folder_names_and_paths.get(SAMS_FOLDER)
-    if entry is None:
-        folder_paths.folder_names_and_paths[SAMS_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, SAMS_FOLDER)], {".pth", ".safetensors"}
-        )
-    elif isinstance(entry[1], set):
-        entry[1].update({".pth", ".safetensors"})
-
-
 def _sam_choices() -> list[str]:
     import folder_paths
 
-    register_sams_folder()
+    register_model_folders()
     return [FALLBACK, USER_MASKS, *folder_paths.get_filename_list(SAMS_FOLDER)]
 
 
@@ -88,35 +75,20 @@ def _token_for(name: str, token: str) -> str:
     return token.strip() or "<" + "_".join(name.split()) + ">"
 
 
-def _collecting_reporter(total: int, preview_every: float = 0.5):
-    """The ComfyUI reporter, keeping the log lines (warnings, notes) for the node's text preview and sending
-    at most one preview image per `preview_every` seconds.
-
-    ComfyUI encodes previews on its event loop, which also answers /interrupt: a preview per sample (Augment
-    makes many per second) queues up there and delays Cancel by seconds.
-    """
-    import time
+def _collecting_reporter(total: int):
+    """The ComfyUI reporter, also keeping the log lines (warnings, notes) for the node's text preview."""
     from dataclasses import replace
 
     from .comfy_adapter import reporter
 
     base = reporter(total)
     lines: list[str] = []
-    last = [float("-inf")]
 
     def log(message: str) -> None:
         lines.append(message)
         base.log(message)
 
-    def progress(step: int, steps: int, preview=None) -> None:
-        now = time.monotonic()
-        if preview is not None and now - last[0] >= preview_every:
-            last[0] = now
-        else:
-            preview = None
-        base.progress(step, steps, preview)
-
-    return replace(base, log=log, progress=progress), lines
+    return replace(base, log=log), lines
 
 
 def _preview(image_pil, cls, text: str = "") -> dict:
@@ -248,7 +220,7 @@ class LoadSegmenter(io.ComfyNode):
 
         if sam_model in (FALLBACK, USER_MASKS):
             return (sam_model,)
-        register_sams_folder()
+        register_model_folders()
         path = folder_paths.get_full_path(SAMS_FOLDER, sam_model)
         if path is None:
             return (sam_model, None)
@@ -270,7 +242,7 @@ class LoadSegmenter(io.ComfyNode):
 
         from clif_core.augment.sam import SamSegmenter
 
-        register_sams_folder()
+        register_model_folders()
         path = folder_paths.get_full_path_or_raise(SAMS_FOLDER, sam_model)
         return io.NodeOutput(SamSegmenter.from_checkpoint(path, device=comfy.model_management.get_torch_device()))
 

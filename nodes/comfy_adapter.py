@@ -5,22 +5,33 @@ Everything ComfyUI-specific that several node modules need lives here, once.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Optional
 
 import numpy as np
 import torch
 
 CONCEPTS_FOLDER = "clif_concepts"
+SAMS_FOLDER = "sams"
+_MODEL_FOLDERS = {CONCEPTS_FOLDER: {".safetensors"}, SAMS_FOLDER: {".pth", ".safetensors"}}
+log = logging.getLogger("clif")
 
 
 def register_model_folders() -> None:
-    """Register models/clif_concepts with ComfyUI (idempotent; extra_model_paths entries are kept)."""
+    """Register models/clif_concepts and models/sams with ComfyUI (idempotent).
+
+    Paths other packs or extra_model_paths.yaml registered are kept; their extension sets are extended.
+    """
     import folder_paths
 
-    if CONCEPTS_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, CONCEPTS_FOLDER)
-        folder_paths.folder_names_and_paths[CONCEPTS_FOLDER] = ([path], {".safetensors"})
+    for name, extensions in _MODEL_FOLDERS.items():
+        entry = folder_paths.folder_names_and_paths.get(name)
+        if entry is None:
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
+        elif isinstance(entry[1], set):
+            entry[1].update(extensions)
 
 
 def models_subdir(folder_name: str) -> str:
@@ -32,16 +43,27 @@ def models_subdir(folder_name: str) -> str:
     return path
 
 
-def reporter(total: int):
-    """A clif_core Reporter bound to ComfyUI's progress bar, preview and interrupt button."""
+def reporter(total: int, preview_every: float = 0.5):
+    """A clif_core Reporter bound to ComfyUI's progress bar, preview and interrupt button.
+
+    At most one preview image per `preview_every` seconds reaches the UI: ComfyUI encodes previews on the
+    event loop that also answers /interrupt, so a flood of previews would delay Cancel by seconds.
+    Log lines go to ComfyUI's log through `logging`.
+    """
     import comfy.model_management
     import comfy.utils
 
     from clif_core.progress import Reporter
 
     bar = comfy.utils.ProgressBar(total)
+    last_preview = [float("-inf")]
 
     def progress(step: int, steps: int, preview=None) -> None:
+        now = time.monotonic()
+        if preview is not None and now - last_preview[0] >= preview_every:
+            last_preview[0] = now
+        else:
+            preview = None
         bar.update_absolute(step, steps, ("PNG", preview, 512) if preview is not None else None)
 
     def should_stop() -> bool:
@@ -50,7 +72,7 @@ def reporter(total: int):
         comfy.model_management.throw_exception_if_processing_interrupted()
         return False
 
-    return Reporter(progress=progress, should_stop=should_stop, log=lambda m: print(f"[CLIF] {m}"))
+    return Reporter(progress=progress, should_stop=should_stop, log=lambda m: log.info("[CLIF] %s", m))
 
 
 def pil_to_image(images) -> torch.Tensor:
