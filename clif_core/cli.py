@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "clif_core.models.cli",
     "clif_core.concepts.cli",
     "clif_core.augment.cli",
+    "clif_core.train.cli",
     "clif_core.sample.cli",
     "clif_core.demo",
 )

@@ -11,7 +11,8 @@ the order of one epoch, how to load a batch and its loss. `run_training` owns th
   (seed, m, r), and the data order of epoch e from (seed, e): both are functions of the step, so a
   checkpoint (trainable tensors, optimizer, scaler, loss history, step) resumes bit-identically, and
   nothing the caller does between steps (previews, other nodes) can change the run;
-- the Reporter: progress every step with a preview every `preview_every` steps, a cancel check before
+- the Reporter: progress every step with a preview every `preview_every` steps (also saved as
+  RUN/previews/step-N.png), a cancel check before
   every micro-step. A cancel (or an exception from the reporter, as ComfyUI's interrupt) between steps
   saves a checkpoint of the finished steps first, so running again continues where it stopped;
 - periodic checkpoints into the run folder (the last `keep_checkpoints` kept), the loss curve as CSV/PNG;
@@ -31,6 +32,7 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 
 from clif_core.errors import Cancelled, ClifError
+from clif_core.fileio import atomic_path
 from clif_core.progress import SILENT, Reporter
 
 from .checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
@@ -152,15 +154,16 @@ def make_accelerator(config: LoopConfig, device: Optional[torch.device] = None) 
     accelerate keeps its state in process-wide singletons that refuse a second precision; a long-lived
     single process (ComfyUI) trains many times, so that state is reset first when no launcher started us.
     """
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     if not distributed_launch():
         AcceleratorState._reset_state(reset_partial_state=True)
-    if device is None:
-        device = PartialState().device
-    precision = resolve_precision(config.mixed_precision, torch.device(device))
-    return Accelerator(mixed_precision=precision, cpu=torch.device(device).type == "cpu")
+    if device is None:  # the launcher's choice: a process per GPU, else processes on the CPU
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    precision = resolve_precision(config.mixed_precision, device)
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
 
 
 def sub_reporter(reporter: Reporter, offset: int, total: int) -> Reporter:
@@ -365,6 +368,8 @@ def run_training(
                 if main and config.preview_every and step % config.preview_every == 0:
                     with torch.no_grad(), accelerator.autocast():
                         preview = task.preview() or draw_loss_curve([(label, history)])
+                    with atomic_path(run.previews_dir / f"step-{step:06d}.png") as tmp:
+                        preview.save(tmp, format="PNG")
                 reporter.progress(step, config.steps, preview)
     except BaseException:
         # A cancel (or the host's interrupt raised from the reporter) between steps keeps the finished ones.

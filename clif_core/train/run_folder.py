@@ -3,6 +3,7 @@
     RUN/run.json                 the recipe the run was started with (what must match to resume)
     RUN/checkpoints/step-*.safetensors
     RUN/loss.csv, RUN/loss.png
+    RUN/previews/step-*.png      previews, when asked for
     RUN/<the stage's outputs>    written atomically at the end
 
 Running again into the same folder resumes from the latest checkpoint when the recipe matches; settings
@@ -64,6 +65,10 @@ class RunFolder:
         return self.path / "loss.png"
 
     @property
+    def previews_dir(self) -> Path:
+        return self.path / "previews"
+
+    @property
     def run_file(self) -> Path:
         return self.path / "run.json"
 
@@ -123,7 +128,8 @@ class RunFolder:
         return bool(self.checkpoints())
 
     def clear(self) -> None:
-        """Remove this run's own files (checkpoints, curve, run.json, outputs)."""
+        """Remove this run's own files (checkpoints, previews, curve, run.json, outputs)."""
         shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+        shutil.rmtree(self.previews_dir, ignore_errors=True)
         for path in (self.loss_csv, self.loss_png, self.run_file, *(self.output(n) for n in self.outputs)):
             path.unlink(missing_ok=True)
