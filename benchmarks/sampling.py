@@ -5,8 +5,8 @@
 
 Without CUDA (and without --smoke) it prints "no GPU" and exits 0. All paths sample the same random-weight
 model (written once as a single-file checkpoint for ComfyUI, which runs in a subprocess on the rig's ComfyUI
-0.3.75) with Euler, the same size, steps and guidance, batch 1, in the same dtype (fp16 on CUDA: ComfyUI's
-choice for SD1.5). Reported per path: the denoising loop's UNet iterations per second (each one a CFG pass
+0.3.75) with Euler, the same size, steps and guidance, batch 1 (this pack and diffusers in fp16; ComfyUI in
+the dtype it picks itself). Reported per path: the denoising loop's UNet iterations per second (each one a CFG pass
 over a batch of 2; timed between the first and last step, the GPU synchronised at each step in every path),
 seconds per image end to end (text encoding, loop, VAE decoding) and peak allocated GPU memory; then the
 ratios, and the cost of regional prompts (two regions, left/right) over plain sampling with this sampler.

@@ -4,7 +4,7 @@ The denoising loop is diffusers' Stable Diffusion loop (same noise, scheduler ca
 decoding: with no concept files and no regions it reproduces `StableDiffusionPipeline` /
 `StableDiffusionXLPipeline` on the same components, seeds and scheduler), written out so that it can
 report progress and previews, stop on request between steps, draw each image of a batch from its own
-seed, and route cross-attention through regional prompts.
+seed, route cross-attention through regional prompts, and replay the UNet as a CUDA graph on GPUs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 
 from .config import SampleConfig
+from .cuda_graph import GraphedUNet
 from .recipe import RECIPE_FORMAT, concept_file_fingerprint, image_recipe
 from .regional import RegionalAttention
 from .schedulers import make_scheduler
@@ -116,12 +117,13 @@ def decode_latents(base: Any, latents: torch.Tensor) -> list:
 
     vae = base.vae
     cfg = vae.config
-    upcast = vae.dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
+    # As diffusers' SDXL pipeline does (its SD1/SD2 pipelines never upcast): the SDXL VAE overflows in fp16.
+    upcast = base.family == "sdxl" and vae.dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
     processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor(vae))
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     images = []
     try:
-        if upcast:  # fp16 SDXL VAEs overflow; diffusers decodes them in fp32 the same way
+        if upcast:
             vae.to(torch.float32)
         for one in latents.split(1):
             one = one.to(vae.dtype)
@@ -234,6 +236,9 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
     if "eta" in accepted:
         step_kwargs["eta"] = 0.0
 
+    def unet_call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return base.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+
     regional = contextlib.nullcontext()
     if config.regions:
         cond_rows = slice(batch, 2 * batch) if guided else slice(0, batch)
@@ -244,8 +249,9 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
             reporter.check_cancel()
             model_input = torch.cat([latents] * len(parts)) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise = base.unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
-                              return_dict=False)[0]
+            if i == 0 and device.type == "cuda":
+                unet_call = _graphed(base.unet, model_input, t, context, added, unet_call, reporter)
+            noise = unet_call(model_input, t)
             if guided:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + config.cfg * (noise_cond - noise_uncond)
@@ -257,6 +263,16 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
                 preview = previewer((estimate if estimate is not None else latents)[:1])
             reporter.progress(i + 1, len(timesteps), preview)
     return latents
+
+
+def _graphed(unet: Any, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: Optional[dict],
+             eager: Callable, reporter: Reporter) -> Callable:
+    """The UNet call replayed as a CUDA graph (see cuda_graph.py), or `eager` where recording fails."""
+    try:
+        return GraphedUNet(unet, x, t, context, added)
+    except RuntimeError as err:  # an operation that cannot be recorded: sample without the graph
+        reporter.log(f"sampling without a CUDA graph: recording the UNet call failed ({err})")
+        return eager
 
 
 def make_generate(
