@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "clif_core.augment.cli",
     "clif_core.train.cli",
     "clif_core.sample.cli",
+    "clif_core.erase.cli",
+    "clif_core.sandbox.cli",
     "clif_core.demo",
 )
 
