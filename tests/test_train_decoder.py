@@ -157,3 +157,12 @@ def test_stage2_from_stage1_on_sdxl_keeps_the_text_lora_and_notes(tiny_sdxl, dat
     other.concepts[1].token = "<carol>"
     with pytest.raises(ClifError, match=r"holds the concepts \['<alice>', '<carol>'\]"):
         train_decoder(base, dataset, tmp_path / "s2b", stage2_config(steps=2), init=other, reporter=QUIET)
+
+
+def test_prior_images_default_to_the_pack_sampler_and_are_cached(sd1, dataset, tmp_path):
+    config = stage2_config(steps=1, prior_weight=0.5, prior_images=1, prior_generation_steps=2)
+    train_decoder(sd1, dataset, tmp_path / "run", config, reporter=QUIET)
+    [entry] = (tmp_path / "run" / "class_images").iterdir()
+    assert entry.name.startswith("person-") and (entry / "000.png").is_file()
+    with Image.open(entry / "000.png") as im:
+        assert im.size == (64, 64)  # the tiny model's native size, drawn by clif_core.sample

@@ -28,7 +28,7 @@ from clif_core.progress import SILENT, Reporter
 
 from . import data
 from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
-from .prior import CLASS_PROMPT, class_images, make_pipeline, pipeline_generate
+from .prior import CLASS_PROMPT, class_images, make_pipeline
 from .run_folder import RunFolder
 from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
 from .text import unet_conditioning
@@ -277,8 +277,8 @@ def train_decoder(
 
     `init`: the stage-1 concept file (its embeddings start the tokens, its text LoRA stays applied and goes
     into the output); None starts every concept from its class word. Prior preservation takes class images
-    from `class_dir/<class word>/` or, missing those, generates them with `generate` (default: the base model
-    through a diffusers pipeline). Writes RUN/concepts.safetensors and RUN/metrics.json.
+    from `class_dir/<class word>/` or, missing those, generates them with `generate` (default: the pack's
+    sampler on the base model). Writes RUN/concepts.safetensors and RUN/metrics.json.
     """
     config = config or DecoderConfig()
     config.check()
@@ -303,8 +303,7 @@ def train_decoder(
         with accelerator.main_process_first():
             prior_images = class_images(
                 base, words, config.prior_images, config.loop.seed, run.path / "class_images",
-                Path(class_dir) if class_dir else None,
-                generate or pipeline_generate(base, steps=config.prior_generation_steps), reporter)
+                config.prior_generation_steps, Path(class_dir) if class_dir else None, generate, reporter)
     start = init if init is not None else initial_concepts(base, concepts, config.vectors)
     tokens = ConceptTokens(base, start, trainable=[s.name for s in base.text] if config.train_tokens else [])
     try:
