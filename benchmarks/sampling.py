@@ -1,6 +1,6 @@
 """Sampling speed and memory: this pack's sampler vs diffusers' StableDiffusionPipeline vs ComfyUI's KSampler.
 
-    .venv/bin/python benchmarks/sampling.py             # GPU: SD1.5 architecture, random weights, 512 px, 30 steps, CFG 7
+    .venv/bin/python benchmarks/sampling.py             # GPU: SD1.5 architecture, random weights, 512 px
     .venv/bin/python benchmarks/sampling.py --smoke     # tiny model on CPU, 2 steps: checks the script still runs
 
 Without CUDA (and without --smoke) it prints "no GPU" and exits 0. All paths sample the same random-weight
@@ -187,9 +187,9 @@ def main() -> int:
         print(f"{name:28s} {r['it_s']:8.2f} {r['s_image']:9.3f} {r['peak_gib']:9.2f}")
     clif = results["clif sampler"]
     for other in ("diffusers pipeline", "comfyui ksampler"):
-        o = results[other]
-        print(f"clif / {other}: it/s x{clif['it_s'] / o['it_s']:.2f}, time per image x{clif['s_image'] / o['s_image']:.2f}, "
-              f"peak memory x{clif['peak_gib'] / o['peak_gib']:.2f}")
+        ratio = {key: clif[key] / results[other][key] for key in ("it_s", "s_image", "peak_gib")}
+        print(f"clif / {other}: it/s x{ratio['it_s']:.2f}, time per image x{ratio['s_image']:.2f}, "
+              f"peak memory x{ratio['peak_gib']:.2f}")
     regional = results["clif regional (2 regions)"]
     print(f"regional / plain time per image: x{regional['s_image'] / clif['s_image']:.2f} (target <= 1.3)")
     return 0

@@ -15,7 +15,13 @@ from clif_core.errors import Cancelled, ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 from clif_core.progress import Reporter
 from clif_core.sample.config import SCHEDULERS, SampleConfig
-from clif_core.sample.sampler import ConceptUse, image_size, make_generate, sample, vae_scale_factor
+from clif_core.sample.sampler import (
+    ConceptUse,
+    image_size,
+    make_generate,
+    sample,
+    vae_scale_factor,
+)
 from clif_core.sample.schedulers import make_scheduler
 from tests.test_concept_file import make_concept_file
 
@@ -45,7 +51,7 @@ def untouched(base) -> bool:
 
 
 def pipeline(base, scheduler: str):
-    common = dict(vae=base.vae, unet=base.unet, scheduler=make_scheduler(base.scheduler.config, scheduler))
+    common = {"vae": base.vae, "unet": base.unet, "scheduler": make_scheduler(base.scheduler.config, scheduler)}
     if base.family == "sdxl":
         pipe = StableDiffusionXLPipeline(text_encoder=base.text[0].encoder, text_encoder_2=base.text[1].encoder,
                                          tokenizer=base.text[0].tokenizer, tokenizer_2=base.text[1].tokenizer,
@@ -174,8 +180,8 @@ def test_unknown_placeholder_is_a_clear_error_and_nothing_is_applied(sd1):
 def test_cancel_stops_between_steps_and_restores_the_base(sd1):
     cf = make_concept_file(sd1, seed=4)
     seen: list[int] = []
-    reporter = Reporter(progress=lambda step, total, preview=None: seen.append(step), should_stop=lambda: len(seen) >= 2,
-                        log=lambda m: None)
+    reporter = Reporter(progress=lambda step, total, preview=None: seen.append(step),
+                        should_stop=lambda: len(seen) >= 2, log=lambda m: None)
     with pytest.raises(Cancelled):
         sample(sd1, SampleConfig("<alice>", steps=10), [cf], reporter)
     assert seen == [1, 2]

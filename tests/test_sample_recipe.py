@@ -17,7 +17,6 @@ from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 from clif_core.sample.cli import parse_concept_arg
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.recipe import (
-    PNG_KEY,
     a1111_parameters,
     concept_file_fingerprint,
     image_recipe,

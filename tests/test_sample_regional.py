@@ -12,7 +12,13 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from clif_core.errors import ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 from clif_core.sample.config import Region, SampleConfig
-from clif_core.sample.regional import build_regions, layout_boxes, layout_regions, parse_boxes, region_weights
+from clif_core.sample.regional import (
+    build_regions,
+    layout_boxes,
+    layout_regions,
+    parse_boxes,
+    region_weights,
+)
 from clif_core.sample.sampler import sample
 from clif_core.sample.text import encode_prompt
 from tests.test_concept_file import make_concept_file
@@ -103,7 +109,7 @@ def test_region_prompts_replace_the_global_prompt_inside_their_regions_in_every_
         hidden = args[0] if args else kwargs["hidden_states"]
         context = kwargs["encoder_hidden_states"]
         batch, tokens = hidden.shape[0] // 2, hidden.shape[1]
-        side = int(round(tokens ** 0.5))
+        side = round(tokens ** 0.5)
         left = (torch.arange(tokens) % side < side // 2)[None, :, None]
         uncond, cond = output[:batch], output[batch:]
         torch.testing.assert_close(uncond, stock(module, hidden[:batch], context[:batch]), rtol=1e-4, atol=1e-5)

@@ -69,7 +69,8 @@ def a1111_parameters(recipe: Mapping[str, Any]) -> str:
     if base.get("fingerprint"):
         fields.append(f"Model hash: {base['fingerprint']}")
     for c in recipe.get("concepts", []):
-        fields.append(f"CLIF {c.get('kind', 'concepts')}: {c.get('title')} ({c.get('fingerprint')}) @ {c.get('strength')}")
+        kind = c.get("kind", "concepts")
+        fields.append(f"CLIF {kind}: {c.get('title')} ({c.get('fingerprint')}) @ {c.get('strength')}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 
@@ -106,7 +107,8 @@ def read_png_recipe(path: str | os.PathLike) -> dict[str, Any]:
     try:
         recipe = json.loads(text[PNG_KEY])
     except ValueError:
-        raise ClifError(f"{path}: its {PNG_KEY!r} text chunk is not valid JSON; the file was edited or damaged") from None
+        raise ClifError(f"{path}: its {PNG_KEY!r} text chunk is not valid JSON; the file was edited or "
+                        "damaged") from None
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         raise ClifError(f"{path}: its recipe is not a {RECIPE_FORMAT} recipe")
     return recipe

@@ -106,8 +106,9 @@ def image_size(base: Any, config: SampleConfig) -> tuple[int, int]:
     height = config.height or native_h * factor
     for name, value in (("width", width), ("height", height)):
         if value < factor or value % factor:
+            nearest = max(factor, value // factor * factor)
             raise ClifError(f"{name} {value} is not a positive multiple of {factor}, this model's VAE factor "
-                            f"(one latent pixel covers {factor}×{factor} pixels); use e.g. {max(factor, value // factor * factor)}")
+                            f"(one latent pixel covers {factor}×{factor} pixels); use e.g. {nearest}")
     return int(width), int(height)
 
 
@@ -128,8 +129,8 @@ def decode_latents(base: Any, latents: torch.Tensor) -> list:
         for one in latents.split(1):
             one = one.to(vae.dtype)
             if mean is not None and std is not None:
-                shape = (1, -1, 1, 1)
-                one = one * torch.tensor(std).view(shape).to(one) / cfg.scaling_factor + torch.tensor(mean).view(shape).to(one)
+                std_t, mean_t = (torch.tensor(v).view(1, -1, 1, 1).to(one) for v in (std, mean))
+                one = one * std_t / cfg.scaling_factor + mean_t
             else:
                 one = one / cfg.scaling_factor
             pixels = vae.decode(one, return_dict=False)[0]
