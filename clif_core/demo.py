@@ -1,0 +1,254 @@
+"""`clif demo`: the main job, end to end on the embedded default model, into one report folder.
+
+Two confusable sandbox characters → their pictures → the augmented set → CLIF stage 1 and 2 → multi-concept
+samples → All-but-One erasure of a shape (before/after on the same seeds) → oracle scores → report.html.
+The embedded default is the committed sandbox model; where it is missing, a tiny random model is used and
+the report says its images are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import ClifError
+from .progress import Reporter
+
+SIZES = ("smoke", "full")
+SANDBOX_BASE = Path(__file__).parent / "sandbox" / "weights" / "base"
+SANDBOX_VISION = SANDBOX_BASE / "vision"
+
+
+@dataclass
+class DemoConfig:
+    """`size` "smoke" is the ≤ 15-minute CPU run; "full" trains and samples more (a GPU is advised)."""
+
+    out: Path
+    size: str = "smoke"
+    seed: int = 0
+    pair: int = 0  # which confusable pair of the shipped character spec
+
+    @property
+    def scale(self) -> int:
+        return 1 if self.size == "smoke" else 8
+
+
+@dataclass
+class Report:
+    """What the report page shows, filled step by step."""
+
+    model_note: str = ""
+    steps: list[tuple[str, float, str]] = field(default_factory=list)  # (step, seconds, summary)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, relative path)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _timed(report: Report, name: str, reporter: Reporter, fn: Callable[[], tuple[Any, str]]) -> Any:
+    reporter.log(f"== {name}")
+    start = time.perf_counter()
+    value, summary = fn()
+    seconds = time.perf_counter() - start
+    report.steps.append((name, seconds, summary))
+    reporter.log(f"   {summary} ({seconds:.1f} s)")
+    return value
+
+
+def _base_model(out: Path, report: Report) -> tuple[Any, Path]:
+    """The sandbox model when its weights are committed, else a tiny random model (said plainly)."""
+    from .models.loader import load_base_model
+
+    if SANDBOX_BASE.is_dir():
+        note = SANDBOX_BASE / "MODEL_CARD.txt"
+        report.model_note = note.read_text(encoding="utf-8").strip() if note.is_file() else "the sandbox model"
+        return load_base_model(SANDBOX_BASE, device="cpu"), SANDBOX_VISION
+    from .models.tiny import write_tiny_model
+
+    paths = write_tiny_model("sd1", out / "tiny_model", seed=0)
+    report.model_note = (
+        "The sandbox model's weights are not in this checkout, so this run used a TINY RANDOMLY INITIALISED model: "
+        "every generated image below is noise. The run exercises the whole pipeline, not image quality."
+    )
+    return load_base_model(paths.single_file, device="cpu"), paths.vision_dir
+
+
+def _grid(images: list, columns: int) -> Any:
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % columns) * w, (i // columns) * h))
+    return sheet
+
+
+def _save(report: Report, out: Path, name: str, image: Any, caption: str) -> None:
+    image.save(out / name)
+    report.images.append((caption, name))
+
+
+def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
+    """Run every step; return the path of report.html."""
+    from .augment.common import resolve_common
+    from .augment.compose import AugmentConfig
+    from .augment.dataset import build_dataset, load_dataset, preview_grid
+    from .augment.fallback import FallbackSegmenter
+    from .erase.config import EraseConfig, EraseTarget
+    from .erase.trainer import erase_concepts
+    from .sample.config import SampleConfig
+    from .sample.recipe import save_png
+    from .sample.sampler import make_generate, sample
+    from .sandbox.characters import character_concept, load_characters
+    from .train.contrastive import ContrastiveConfig
+    from .train.decoder import DecoderConfig
+    from .train.loop import LoopConfig
+    from .train.stages import train_concepts
+
+    if config.size not in SIZES:
+        raise ClifError(f"demo size {config.size!r} is unknown; use one of {', '.join(SIZES)}")
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    k = config.scale
+
+    base, vision = _timed(report, "base model", reporter, lambda: (lambda b: (b, f"{b[0].family}, fingerprint "
+                                                                               f"{b[0].fingerprint}"))(
+        _base_model(out, report)))
+    reporter.log(report.model_note)
+
+    characters = load_characters()
+    name_a, name_b = characters.pairs[config.pair]
+    concepts = _timed(report, "concept pictures", reporter, lambda: (
+        [character_concept(characters[n], f"<{n}>", n=5, seed=config.seed) for n in (name_a, name_b)],
+        f"5 renders each of {name_a} and {name_b} (a confusable pair)"))
+    _save(report, out, "concept_pictures.png", _grid([im for c in concepts for im in c.images], 5),
+          f"the training pictures: {name_a} (top), {name_b} (bottom)")
+
+    generate = make_generate(base, SampleConfig(prompt="", steps=12 * k, cfg=4.0, scheduler="dpmpp_2m_karras"))
+    dataset_dir = out / "dataset"
+
+    def augment() -> tuple[Any, str]:
+        common = resolve_common(["red circle", "blue square"], generate=generate, fingerprint=base.fingerprint,
+                                cache_dir=out / "common_cache", n=2, seed=config.seed, reporter=reporter)
+        counts = AugmentConfig(seed=config.seed, n_global=8 * k, n_region=8 * k, n_mix=8 * k, n_single=4 * k,
+                               resolution=64, n_parts=3)
+        build_dataset(concepts, dataset_dir, counts, FallbackSegmenter(), common=common, reporter=reporter,
+                      overwrite=True)
+        ds = load_dataset(dataset_dir)
+        return ds, f"{len(ds)} samples (Global, Region, Mix, single) in {dataset_dir.name}/"
+
+    ds = _timed(report, "augmented set", reporter, augment)
+    _save(report, out, "dataset_preview.png", preview_grid(ds, 12, columns=6, cell=128),
+          "samples of the augmented set with their captions")
+
+    def train() -> tuple[Any, str]:
+        stage1 = ContrastiveConfig(lr=5e-3, loop=LoopConfig(steps=40 * k, batch_size=16, seed=config.seed))
+        stage2 = DecoderConfig(lr=1e-3, token_lr=1e-3, preview_steps=0,
+                               loop=LoopConfig(steps=60 * k, batch_size=8, seed=config.seed))
+        result = train_concepts(base, dataset_dir, vision, out / "run", stage1, stage2, reporter=reporter)
+        return result, f"concept file {result.path.name}"
+
+    trained = _timed(report, "CLIF training (stage 1 + stage 2)", reporter, train)
+    report.metrics["training"] = trained.metrics
+    for stage in ("stage1", "stage2"):
+        curve = out / "run" / stage / "loss.png"
+        if curve.is_file():
+            report.images.append((f"{stage} loss curve", str(curve.relative_to(out))))
+
+    prompts = [f"<{name_a}> on the left and <{name_b}> on the right",
+               f"<{name_b}> on the left and <{name_a}> on the right",
+               f"<{name_a}>", f"<{name_b}>"]
+    seeds = 4 * k
+
+    def sampling() -> tuple[Any, str]:
+        rows = {}
+        for p in prompts:
+            result = sample(base, SampleConfig(prompt=p, seed=config.seed, batch=seeds, steps=20, cfg=4.0),
+                            [trained.concepts], reporter)
+            rows[p] = result.images
+            save_png(result.images[0], out / f"sample_{len(rows)}.png", result.recipe)
+        return rows, f"{len(prompts)} prompts × {seeds} seeds"
+
+    samples = _timed(report, "multi-concept sampling", reporter, sampling)
+    _save(report, out, "samples.png", _grid([im for p in prompts for im in samples[p]], seeds),
+          "rows: " + " | ".join(html.escape(p) for p in prompts))
+
+    target, alternative = "circle", "square"
+
+    def erase() -> tuple[Any, str]:
+        cfg = EraseConfig(targets=[EraseTarget(target, alternative)], loop=LoopConfig(steps=30 * k, seed=config.seed),
+                          trajectories=2, sample_steps=10)
+        result = erase_concepts(base, cfg, out / "erase_run", out / "erase_circle.safetensors", reporter=reporter,
+                                overwrite=True)
+        return result, f"patch {result.path.name}"
+
+    erased = _timed(report, "All-but-One erasure", reporter, erase)
+    report.metrics["erasure"] = erased.metrics
+    erase_prompts = [f"a red {target}", "a green triangle"]
+    before_after = []
+    for p in erase_prompts:
+        cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
+        before_after += sample(base, cfg, (), reporter).images + sample(base, cfg, [erased.patch], reporter).images
+    _save(report, out, "erasure.png", _grid(before_after, 8),
+          f"per row: 4 seeds before | the same 4 seeds after erasing '{target}' → '{alternative}'; rows: "
+          + " | ".join(erase_prompts))
+
+    report.metrics["oracle"] = _oracle_scores(characters, (name_a, name_b), prompts, samples)
+    return _write_report(out, report)
+
+
+def _oracle_scores(characters: Any, names: tuple[str, str], prompts: list[str], samples: dict) -> dict:
+    """Identity per slot as the sandbox oracle reads the samples (absent weights: said, not invented)."""
+    from .sandbox.oracle import DEFAULT_WEIGHTS, Oracle
+
+    if not DEFAULT_WEIGHTS.is_file():
+        return {"note": "no oracle weights in this checkout"}
+    oracle = Oracle.load()
+    a, b = names
+    expected = {prompts[0]: {"left": a, "right": b}, prompts[1]: {"left": b, "right": a},
+                prompts[2]: {"center": a}, prompts[3]: {"center": b}}
+    scores = {}
+    for prompt, want in expected.items():
+        readings = oracle.read(samples[prompt])
+        hits = [all(r.slots.get(slot) is not None and characters.match(r.slots[slot]) == name
+                    for slot, name in want.items()) for r in readings]
+        scores[prompt] = f"{sum(hits)}/{len(hits)} fully correct"
+    return scores
+
+
+def _write_report(out: Path, report: Report) -> Path:
+    from .fileio import write_text_atomic
+
+    rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{t:.1f} s</td><td>{html.escape(m)}</td></tr>"
+                   for s, t, m in report.steps)
+    figures = "".join(f'<figure><img src="{html.escape(p)}"><figcaption>{c}</figcaption></figure>'
+                      for c, p in report.images)
+    metrics = html.escape(json.dumps(report.metrics, indent=1, sort_keys=True, default=str))
+    page = f"""<!doctype html><meta charset="utf-8"><title>CLIF main job</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{image-rendering:pixelated;
+max-width:100%;width:640px}}td{{padding:2px 10px}}figure{{margin:1.5em 0}}</style>
+<h1>CLIF main job</h1><p><b>Model:</b> {html.escape(report.model_note)}</p>
+<h2>Steps</h2><table>{rows}</table><h2>Pictures</h2>{figures}<h2>Metrics</h2><pre>{metrics}</pre>"""
+    write_text_atomic(out / "metrics.json", json.dumps(report.metrics, indent=1, sort_keys=True, default=str))
+    return write_text_atomic(out / "report.html", page)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="the main job: train two confusable concepts, sample, erase, report")
+    parser.add_argument("--out", type=Path, default=Path("main-job-output"))
+    parser.add_argument("--size", choices=SIZES, default="smoke")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cli import tqdm_reporter
+
+    path = run_demo(DemoConfig(out=args.out, size=args.size, seed=args.seed), tqdm_reporter("main job"))
+    print(f"report: {path}")
+    return 0
