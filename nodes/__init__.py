@@ -4,6 +4,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import augment, base_model, concept_files
 from . import sampling
+from . import training
 
 
 class ClifExtension(ComfyExtension):
@@ -11,7 +12,7 @@ class ClifExtension(ComfyExtension):
         from .comfy_adapter import register_model_folders
 
         register_model_folders()
-        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES]
+        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES, *training.NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:
