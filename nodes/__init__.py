@@ -5,6 +5,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from . import augment, base_model, concept_files
 from . import sampling
 from . import training
+from . import erasure
 
 
 class ClifExtension(ComfyExtension):
@@ -12,7 +13,7 @@ class ClifExtension(ComfyExtension):
         from .comfy_adapter import register_model_folders
 
         register_model_folders()
-        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES, *training.NODES]
+        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES, *training.NODES, *erasure.NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -1,0 +1,288 @@
+"""Concept erasure in ComfyUI: Erase Concepts, Load / Apply Erasure Patch, Purify Image.
+
+An erasure patch travels on the CLIF_CONCEPTS socket (it is a concept file of kind "erasure"), so the
+concept nodes (Save, Export for the stock LoraLoader) and the samplers take it as well. Patches are kept in
+models/clif_concepts; runs in output/clif_runs/<run name>.
+"""
+
+from __future__ import annotations
+
+import os
+
+from comfy_api.v0_0_2 import io
+
+from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders
+from .types import BaseModelType, ConceptsType
+
+RUNS_FOLDER = "clif_runs"
+METHODS = ["all-but-one", "esd-x", "esd-u", "esd"]
+PARAMS = ["auto", "lora", "kv", "xattn", "non-xattn", "full"]
+
+_KIND_CACHE: dict = {}
+
+
+def _plain_name(value: str, what: str, suffix: str = "") -> str:
+    name = value.strip()
+    if not name or name in (".", "..") or os.path.basename(name) != name:
+        raise ValueError(f"{what} {value!r} is not a plain name: give a name like 'no_pigs' (no folders).")
+    return name if not suffix or name.endswith(suffix) else name + suffix
+
+
+def _file_state(path: str) -> tuple:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
+def _is_patch(path: str) -> bool:
+    """Whether a file in models/clif_concepts is an erasure patch (its header says so; cached by mtime)."""
+    from clif_core.concepts.file_format import read_header
+    from clif_core.errors import ClifError
+
+    state = _file_state(path)
+    if state not in _KIND_CACHE:
+        try:
+            meta = read_header(path).get("__metadata__") or {}
+            _KIND_CACHE[state] = meta.get("clif.kind") == "erasure"
+        except ClifError:
+            _KIND_CACHE[state] = False
+    return _KIND_CACHE[state]
+
+
+def _patch_choices() -> list[str]:
+    import folder_paths
+
+    register_model_folders()
+    return [name for name in folder_paths.get_filename_list(CONCEPTS_FOLDER)
+            if _is_patch(folder_paths.get_full_path(CONCEPTS_FOLDER, name) or "")]
+
+
+def _trainable_weights(base) -> None:
+    """ComfyUI runs nodes in inference mode: a base model loaded there holds inference tensors, which
+    autograd cannot save for backward (and whose version counters it cannot read). Give every such parameter
+    and buffer an ordinary copy (same values; shared tensors stay shared) before training."""
+    import torch
+
+    copies: dict[int, torch.Tensor] = {}
+
+    def ordinary(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in copies:
+            copy = t.clone()
+            copies[id(t)] = torch.nn.Parameter(copy, requires_grad=t.requires_grad) \
+                if isinstance(t, torch.nn.Parameter) else copy
+        return copies[id(t)]
+
+    with torch.inference_mode(False):
+        for component in (base.unet, base.vae, *(s.encoder for s in base.text)):
+            for module in component.modules():
+                for table in (module._parameters, module._buffers):
+                    for name, t in table.items():
+                        if t is not None and t.is_inference():
+                            table[name] = ordinary(t)
+
+
+class EraseConcepts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFEraseConcepts",
+            display_name="CLIF Erase Concepts",
+            category="CLIF/erase",
+            description="Erases concepts from the base model into an erasure patch (models/clif_concepts). "
+            "One concept per line; 'pig -> cow' steers it to an alternative. All-but-One keeps the rest of "
+            "the model as it was; ESD is the baseline. Shows samples of the erased prompts while training; "
+            "cancel keeps the finished steps and running again resumes (output/clif_runs/<run_name>).",
+            is_output_node=True,
+            inputs=[
+                BaseModelType.Input("clif_base"),
+                io.String.Input("targets", multiline=True, default="van gogh\npig -> cow"),
+                io.String.Input("preserve", multiline=True, default="",
+                                tooltip="prompts whose images must stay as they are, one per line"),
+                io.Combo.Input("method", options=METHODS, default="all-but-one"),
+                io.Combo.Input("params", options=PARAMS, default="auto",
+                               tooltip="trained weights: auto = the method's own (all-but-one: lora, esd-x: "
+                               "cross-attention, esd-u: the rest)"),
+                io.Int.Input("steps", default=400, min=1, max=100000),
+                io.String.Input("filename", default="erased"),
+                io.String.Input("run_name", default="erase"),
+                io.Boolean.Input("restart", default=False, tooltip="start over instead of resuming the run"),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="replace a file of that name made by another run"),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, optional=True,
+                               tooltip="0: 1e-4 for lora, 1e-5 for weight subsets"),
+                io.Float.Input("eta", default=1.0, min=0.0, max=10.0, step=0.05, optional=True),
+                io.Float.Input("uncond_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
+                               tooltip="λ: how strongly All-but-One holds the unconditional prediction"),
+                io.Int.Input("trajectories", default=4, min=1, max=64, optional=True),
+                io.Int.Input("sample_steps", default=50, min=2, max=1000, optional=True),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
+                             tooltip="0: the model's native size"),
+                io.Int.Input("batch_size", default=2, min=1, max=64, optional=True),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True),
+                io.Int.Input("preview_every", default=50, min=0, max=100000, optional=True),
+            ],
+            outputs=[
+                ConceptsType.Output(display_name="erasure_patch"),
+                io.String.Output(display_name="path"),
+                io.String.Output(display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clif_base, targets: str, preserve: str, method: str, params: str, steps: int, filename: str,
+                run_name: str, restart: bool, overwrite: bool, learning_rate: float = 0.0, eta: float = 1.0,
+                uncond_weight: float = 1.0, trajectories: int = 4, sample_steps: int = 50, resolution: int = 0,
+                batch_size: int = 2, seed: int = 0, preview_every: int = 50) -> io.NodeOutput:
+        import folder_paths
+        import torch
+
+        from clif_core.erase.config import EraseConfig, parse_targets
+        from clif_core.erase.trainer import erase_concepts
+        from clif_core.train.loop import LoopConfig
+
+        from .comfy_adapter import free_comfy_memory, reporter
+
+        register_model_folders()
+        path = os.path.join(models_subdir(CONCEPTS_FOLDER), _plain_name(filename, "filename", ".safetensors"))
+        run_dir = os.path.join(folder_paths.get_output_directory(), RUNS_FOLDER, _plain_name(run_name, "run_name"))
+        config = EraseConfig(
+            targets=parse_targets(targets), preserve=[p.strip() for p in preserve.splitlines() if p.strip()],
+            method=method, params=params, eta=eta, lam=uncond_weight, lr=learning_rate,
+            trajectories=trajectories, sample_steps=sample_steps, resolution=resolution,
+            loop=LoopConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=100,
+                            preview_every=preview_every, log_every=25),
+        )
+        config.check()
+        free_comfy_memory()
+        total = len(config.targets) * trajectories * sample_steps + steps
+        with torch.inference_mode(False), torch.enable_grad():
+            base = clif_base.load()
+            _trainable_weights(base)
+            result = erase_concepts(base, config, run_dir, path, reporter=reporter(total), restart=restart,
+                                    overwrite=overwrite)
+        report = result.report()
+        return io.NodeOutput(result.patch, str(result.path), report, ui={"text": [report]})
+
+
+class LoadErasurePatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFLoadErasurePatch",
+            display_name="CLIF Load Erasure Patch",
+            category="CLIF/erase",
+            description="Loads an erasure patch from models/clif_concepts (only erasure patches are listed).",
+            inputs=[io.Combo.Input("patch", options=_patch_choices())],
+            outputs=[ConceptsType.Output(display_name="erasure_patch"), io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, patch: str, **_) -> tuple:
+        import folder_paths
+
+        register_model_folders()
+        return _file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, patch) or patch)
+
+    @classmethod
+    def execute(cls, patch: str) -> io.NodeOutput:
+        import folder_paths
+
+        from clif_core.erase.patch import describe, load_erasure_patch
+
+        register_model_folders()
+        loaded = load_erasure_patch(folder_paths.get_full_path_or_raise(CONCEPTS_FOLDER, patch))
+        return io.NodeOutput(loaded, describe(loaded))
+
+
+def comfy_unet_weights(model, modules: list[str]) -> dict:
+    """kohya module → the MODEL's own weight (without any patches applied to it), for the probe check."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = model.get_key_patches("diffusion_model.")
+    return {m: patches[key_map[m]][0][0] for m in modules if key_map.get(m) in patches}
+
+
+class ApplyErasurePatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFApplyErasurePatch",
+            display_name="CLIF Apply Erasure Patch",
+            category="CLIF/erase",
+            description="Applies an erasure patch to a MODEL (ComfyUI's LoRA patching: the input MODEL is left "
+            "as it is). Refuses a patch made for other weights unless 'allow_other_base' is on.",
+            inputs=[
+                io.Model.Input("model"),
+                ConceptsType.Input("erasure_patch"),
+                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05),
+                io.Boolean.Input("allow_other_base", default=False),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, model, erasure_patch, strength: float, allow_other_base: bool) -> io.NodeOutput:
+        import comfy.sd
+
+        from clif_core.erase.patch import check_is_patch, probe_mismatch
+
+        check_is_patch(erasure_patch, f"erasure patch {erasure_patch.display_title()!r}")
+        probe = erasure_patch.metadata.get("unet_probe") or {}
+        problem = probe_mismatch(erasure_patch, comfy_unet_weights(model, list(probe)))
+        if problem is not None:
+            message = (f"erasure patch {erasure_patch.display_title()!r} was made for another base model "
+                       f"({problem}; it was made on {erasure_patch.base_fingerprint[:12] or 'an unknown base'})")
+            if not allow_other_base:
+                raise ValueError(f"{message}. Erase again on this model, or enable 'allow_other_base'.")
+            print(f"[CLIF] {message}; applied anyway as asked")
+        if strength == 0:
+            return io.NodeOutput(model)
+        patched, _ = comfy.sd.load_lora_for_models(model, None, erasure_patch.unet_lora, strength, 0.0)
+        return io.NodeOutput(patched)
+
+
+class PurifyImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CLIFPurifyImage",
+            display_name="CLIF Purify Image",
+            category="CLIF/erase",
+            description="Removes the erased concepts from real images: DDIM inversion with the original model, "
+            "regeneration with the erased one. Keeps the layout and the image size.",
+            inputs=[
+                BaseModelType.Input("clif_base"),
+                ConceptsType.Input("erasure_patch"),
+                io.Image.Input("image"),
+                io.String.Input("prompt", default="", tooltip="empty: the patch's erased targets"),
+                io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="how far to invert: 1 = all the way to noise"),
+                io.Float.Input("guidance_scale", default=1.0, min=1.0, max=30.0, step=0.1),
+                io.Boolean.Input("allow_other_base", default=False),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE")],
+        )
+
+    @classmethod
+    def execute(cls, clif_base, erasure_patch, image, prompt: str, steps: int, strength: float,
+                guidance_scale: float, allow_other_base: bool) -> io.NodeOutput:
+        from clif_core.erase.purify import purify
+
+        from .comfy_adapter import free_comfy_memory, image_to_pil, pil_to_image, reporter
+
+        free_comfy_memory()
+        base = clif_base.load()
+        pils = image_to_pil(image)
+        out = []
+        for i, pil in enumerate(pils):
+            out.append(purify(base, erasure_patch, pil, prompt=prompt or None, steps=steps, strength=strength,
+                              guidance_scale=guidance_scale, allow_other_base=allow_other_base,
+                              reporter=reporter(2 * max(1, round(strength * steps)))))
+        return io.NodeOutput(pil_to_image(out))
+
+
+NODES = [EraseConcepts, LoadErasurePatch, ApplyErasurePatch, PurifyImage]
