@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from clif_core.concepts.file_format import load_concept_file
 from clif_core.erase.config import EraseConfig, EraseTarget
 from clif_core.erase.trainer import erase_concepts
 from clif_core.models.loader import load_base_model
+from clif_core.train.checkpoint import list_checkpoints
 from clif_core.train.loop import LoopConfig
-from tests.comfyui.rig import ExecutionFailed
+from tests.comfyui.rig import ExecutionFailed, ExecutionInterrupted
 from tests.test_erase_train import single_thread
 
 pytestmark = pytest.mark.comfy
@@ -83,21 +85,24 @@ def render(server, graph: dict) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
-def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, installed):
-    graph = {
+def erase_graph(name: str, steps: int, targets: str = "a photo of a pig -> a photo of a cow") -> dict:
+    return {
         "1": {"class_type": "CLIFLoadBaseModel", "inputs": {"base_model": CHECKPOINT}},
         "2": {"class_type": "CLIFEraseConcepts", "inputs": {
-            "clif_base": ["1", 0], "targets": "a photo of a pig -> a photo of a cow\nvan gogh",
-            "preserve": "a photo of a dog", "method": "all-but-one", "params": "auto", "steps": 2,
-            "filename": "node_made", "run_name": "node_run", "restart": False, "overwrite": False,
-            "learning_rate": 1e-3, "trajectories": 1, "sample_steps": 2, "resolution": 32, "batch_size": 1,
-            "preview_every": 1}},
+            "clif_base": ["1", 0], "targets": targets, "preserve": "a photo of a dog", "method": "all-but-one",
+            "params": "auto", "steps": steps, "filename": name, "run_name": name, "restart": False,
+            "overwrite": False, "learning_rate": 1e-3, "trajectories": 1, "sample_steps": 2, "resolution": 32,
+            "batch_size": 1, "preview_every": 1}},
     }
+
+
+def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, installed):
+    graph = erase_graph("node_made", 2, "a photo of a pig -> a photo of a cow\nvan gogh")
     entry = comfy_server.run(graph, timeout=600)
     path = comfy_server.models_dir / "clif_concepts" / "node_made.safetensors"
     patch = load_concept_file(path)
     assert patch.kind == "erasure" and patch.metadata["erased"][1] == {"target": "van gogh", "alternative": None}
-    run = comfy_server.output_dir / "clif_runs" / "node_run"
+    run = comfy_server.output_dir / "clif_runs" / "node_made"
     assert (run / "run.json").is_file() and (run / "metrics.json").is_file()
     assert "uncond_drift" in entry["outputs"]["2"]["text"][0]
     # A bad target list fails on the node, naming the problem, and writes nothing.
@@ -106,6 +111,32 @@ def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, ins
         comfy_server.run(graph, timeout=120)
     assert caught.value.node_type == "CLIFEraseConcepts" and "names itself" in caught.value.exception_message
     assert not (comfy_server.models_dir / "clif_concepts" / "never.safetensors").exists()
+
+
+def test_cancel_keeps_the_finished_steps_writes_no_patch_and_the_run_resumes(comfy_server, installed):
+    from tests.test_comfy_training import progress_listener
+
+    run = comfy_server.output_dir / "clif_runs" / "cancelled"
+    graph = erase_graph("cancelled", steps=500)
+    ws, seen = progress_listener(comfy_server, "2")
+    try:
+        prompt_id = comfy_server.submit(graph)
+        deadline = time.monotonic() + 240
+        while not any(v >= 2 + 2 for v in seen):  # the 2 pool steps and 2 training steps are done
+            assert time.monotonic() < deadline, "no erasure progress arrived"
+            time.sleep(0.01)
+        comfy_server.interrupt(prompt_id)
+        with pytest.raises(ExecutionInterrupted):
+            comfy_server.wait(prompt_id, timeout=120)
+    finally:
+        ws.close()
+    saved = list_checkpoints(run / "checkpoints")
+    assert saved and saved[-1][0] >= 2, "the finished steps were not kept"
+    assert not (comfy_server.models_dir / "clif_concepts" / "cancelled.safetensors").exists()
+    graph["2"]["inputs"]["steps"] = saved[-1][0] + 1  # queued again (a changed step count re-runs the node)
+    comfy_server.run(graph, timeout=300)
+    assert load_concept_file(comfy_server.models_dir / "clif_concepts" / "cancelled.safetensors").kind == "erasure"
+    assert "erasure: resuming from step" in comfy_server.log_text()
 
 
 def test_patch_changes_the_native_image_the_same_through_apply_and_the_stock_loraloader(comfy_server, installed):
