@@ -29,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def stage2_config(steps=20, **kw) -> DecoderConfig:
     loop = LoopConfig(steps=steps, batch_size=2, checkpoint_every=kw.pop("checkpoint_every", 10), log_every=0,
-                      preview_every=kw.pop("preview_every", 0), seed=0, max_grad_norm=kw.pop("max_grad_norm", 1.0))
+                      preview_every=kw.pop("preview_every", 0), seed=0, max_grad_norm=kw.pop("max_grad_norm", 1.0),
+                      gradient_checkpointing=kw.pop("gradient_checkpointing", False))
     base = dict(lora_rank=4, lr=kw.pop("lr", 3e-2), token_lr=1e-2, preview_steps=0, loop=loop)
     base.update(kw)
     return DecoderConfig(**base)
@@ -113,7 +114,7 @@ def test_diverging_run_stops_keeps_its_checkpoint_and_writes_no_file(sd1, datase
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").rglob("*"))
 
 
-def test_stage2_options_on_a_v_prediction_model_with_prior_preservation(tiny_sd2, dataset, tmp_path):
+def test_stage2_options_on_a_v_prediction_model_with_prior_preservation_and_checkpointing(tiny_sd2, dataset, tmp_path):
     base = load_base_model(tiny_sd2.diffusers_dir)
     assert base.prediction_type == "v_prediction"
     asked = []
@@ -123,7 +124,7 @@ def test_stage2_options_on_a_v_prediction_model_with_prior_preservation(tiny_sd2
         return [Image.new("RGB", (64, 64), (40 * i, 120, 200)) for i in range(n)]
 
     config = stage2_config(steps=4, masked_loss=True, min_snr_gamma=5.0, noise_offset=0.05, prior_weight=1.0,
-                           prior_images=2, preview_steps=2, preview_every=2)
+                           prior_images=2, preview_steps=2, preview_every=2, gradient_checkpointing=True)
     previews = []
     reporter = Reporter(progress=lambda s, t, p=None: previews.append((s, p)) if p is not None and t == 4 else None,
                         log=lambda m: None)
@@ -135,6 +136,7 @@ def test_stage2_options_on_a_v_prediction_model_with_prior_preservation(tiny_sd2
     cf = load_concept_file(result.path, base=base)
     assert cf.base_prediction_type == "v_prediction" and cf.thumbnail is not None
     assert result.metrics["prediction_type"] == "v_prediction"
+    assert not base.unet.is_gradient_checkpointing and not base.unet.training  # switched back afterwards
 
 
 def test_stage2_from_stage1_on_sdxl_keeps_the_text_lora_and_notes(tiny_sdxl, dataset, tmp_path):
