@@ -4,6 +4,7 @@ was, cancel + resume gives the uninterrupted result, patches round-trip bit-exac
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,22 @@ from clif_core.train.loop import LoopConfig
 RESOLUTION = 32  # the tiny VAE halves: 16×16 latents keep the runs to seconds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
     """Tiny tensors gain nothing from several threads, and on a busy 2-core machine OpenMP's spinning threads
-    made these runs 15× slower (measured: 11 s vs 156 s for one run). Restored after the module."""
+    made these runs 15× slower (measured: 11 s vs 156 s for one run). The setting is restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with single_thread():
+        yield
 
 
 def tiny_config(method: str, params: str, targets=None, preserve=(), steps: int = 20, **kw) -> EraseConfig:
@@ -224,6 +233,26 @@ def test_an_existing_patch_of_another_run_is_not_replaced(base, tmp_path):
     more = tiny_config("all-but-one", "lora", steps=3)  # the same run, continued: replacing is fine
     erase_concepts(base, more, tmp_path / "a", path)
     assert load_concept_file(path).metadata["steps"] == 3
+
+
+def test_esd_u_patch_with_convolutions_applies_like_its_merged_delta(base, tmp_path):
+    """ESD-u trains resnet convolutions too: their factorised LoRA (down keeps the kernel) must load through
+    apply_concepts exactly as the plain delta adds into the weights."""
+    from clif_core.erase.patch import merged
+
+    result = erase_concepts(base, tiny_config("esd-u", "auto", steps=2), tmp_path / "run", tmp_path / "u.safetensors")
+    modules = sorted({k.split(".", 1)[0] for k in result.patch.unet_lora})
+    assert any(m.endswith("_conv1") for m in modules) and not any("attn2" in m for m in modules)
+    table = encode_prompts(base, ["", "a photo of a pig"], (RESOLUTION, RESOLUTION))
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    t, rows = torch.tensor(400), torch.tensor([0, 1])
+    with torch.no_grad():
+        plain = unet_predict(base, table, x, t, rows)
+        with apply_concepts(base, [(result.patch, 1.0)]):
+            applied = unet_predict(base, table, x, t, rows)
+        with merged(base, result.patch):
+            added = unet_predict(base, table, x, t, rows)
+    assert (applied - added).abs().max() < 1e-4 < (applied - plain).abs().max()
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])

@@ -4,9 +4,10 @@ Modules: `config` (EraseTarget, EraseConfig, parse_targets, input checks), `cond
 table every UNet call indexes), `pool` (the x_t pool: DDIM trajectories of the frozen model under each
 erased prompt with the frozen predictions the objectives need, generated once per run), `objectives` (the
 two losses), `subsets` (which UNet weights train: LoRA, cross-attention K/V, …; the SVD that turns a weight
-delta into a LoRA), `trainer` (erase_concepts on the shared training loop), `patch` (erasure patch files:
-load, check against a base, merge, export), `metrics` (what an erasure changed, measured on fixed x_t),
-`purify` (DDIM inversion under the original model, regeneration with the erased one), `cli` (`clif erase`).
+delta into a LoRA), `latents` (DDIM on the base's schedule, seeded noise, VAE in and out), `trainer`
+(erase_concepts on the shared training loop), `patch` (erasure patch files: load, check against a base,
+merge, export), `metrics` (what an erasure changed, measured on fixed x_t), `purify` (DDIM inversion under
+the original model, regeneration with the erased one), `cli` (`clif erase`).
 docs/erasure.md describes the method, every setting and its default.
 Import the modules directly; this package imports nothing heavy on its own.
 """
