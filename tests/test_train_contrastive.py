@@ -154,3 +154,23 @@ def test_info_nce_counts_identical_captions_as_positives():
     loss.backward()
     assert float(loss.detach()) == pytest.approx(2 / 3 * math.log(2), rel=1e-4)
     assert text.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", ["vitl", "h", "g"])
+def test_published_tower_shapes_give_comfyuis_own_configs(name):
+    """A models/clip_vision file carries no config: the one read from the weights' shapes must be the one
+    ComfyUI itself uses for that file (its clip_vision_config_*.json)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from clif_core.train.vision import _infer_config
+    from tests.comfyui.rig import COMFYUI_DIR
+
+    path = COMFYUI_DIR / "comfy" / f"clip_vision_config_{name}.json"
+    if not path.is_file():
+        pytest.skip("ComfyUI is not installed here (tests/comfyui/rig.py installs it)")
+    comfy = json.loads(path.read_text())
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**comfy))
+    inferred = _infer_config(model.state_dict(), str(path))
+    for key, value in inferred.items():
+        assert comfy.get(key, CLIPVisionConfig().to_dict()[key]) == value, key
