@@ -188,7 +188,8 @@ def main() -> int:
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     family, resolution = ("tiny", 64) if args.tiny else ("sd1", 512)
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_dataset(Path(tmp) / "ds", resolution, 16)
         print(f"{'batch':>5} {'':>6} {'steps/s':>8} {'images/s':>9} {'peak GiB':>9}")

@@ -31,7 +31,8 @@ def installed(comfy_server, tiny_sd1, tmp_path_factory):
     checkpoints.mkdir(parents=True, exist_ok=True)
     if not (checkpoints / "tiny_sd1.safetensors").exists():
         shutil.copy(tiny_sd1.single_file, checkpoints / "tiny_sd1.safetensors")
-    save_vision_tower_file(build_tiny_vision_tower("sd1"), comfy_server.models_dir / "clip_vision" / "tiny_l.safetensors")
+    vision = comfy_server.models_dir / "clip_vision" / "tiny_l.safetensors"
+    save_vision_tower_file(build_tiny_vision_tower("sd1"), vision)
     small = make_dataset(tmp_path_factory.mktemp("ds") / "small", resolution=32, n_global=2, n_region=0, n_mix=2,
                          n_single=2)
     big = make_dataset(tmp_path_factory.mktemp("ds") / "big", resolution=64, n_global=2, n_region=0, n_mix=2,

@@ -3,7 +3,8 @@
     clif train stage1 --dataset datasets/alice_bob --base models/sd15.safetensors \\
                       --vision models/clip_vision/clip_vit_l.safetensors --run-dir runs/alice_bob/stage1
     clif train stage2 --dataset datasets/alice_bob --base models/sd15.safetensors \\
-                      --init runs/alice_bob/stage1/stage1.safetensors --run-dir runs/alice_bob/stage2 --out alice_bob.safetensors
+                      --init runs/alice_bob/stage1/stage1.safetensors --run-dir runs/alice_bob/stage2 \\
+                      --out alice_bob.safetensors
     clif train both   --dataset … --base … --vision … --run-dir runs/alice_bob --s1-steps 400 --s2-steps 1000 --out …
 
 Running the same command again resumes from the run folder's latest checkpoint. The same command runs on

@@ -71,7 +71,8 @@ class ContrastiveConfig:
             raise ClifError(f"text_lora_rank is {self.text_lora_rank}; use 0 (no LoRA) or more")
         bad = [t for t in self.text_lora_targets if t not in TEXT_LORA_TARGETS]
         if self.text_lora_rank and (bad or not self.text_lora_targets):
-            raise ClifError(f"text LoRA targets {list(self.text_lora_targets)}: choose among {', '.join(TEXT_LORA_TARGETS)}")
+            raise ClifError(
+                f"text LoRA targets {list(self.text_lora_targets)}: choose among {', '.join(TEXT_LORA_TARGETS)}")
         if self.text_lora_rank and {"q_proj", "k_proj", "v_proj"} & set(self.text_lora_targets) \
                 and "out_proj" not in self.text_lora_targets:
             raise ClifError("a text LoRA on q/k/v_proj must include out_proj (diffusers cannot load it otherwise)")

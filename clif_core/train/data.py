@@ -3,7 +3,8 @@
 Stage 1's negatives are the other pairs in its batch, so `hard_negative_order` builds batches from whole
 groups (a group is one composition drawn in both slot orders: the same layout with the concepts swapped)
 and from one kind at a time (Region batches hold the parts of different concepts side by side, Mix
-batches the pairs of concepts), then shuffles the batches (a partial one stays last, where the loop drops it). Every order is a function of (seed, epoch).
+batches the pairs of concepts), then shuffles the batches (a partial one stays last, where the loop drops
+it). Every order is a function of (seed, epoch).
 """
 
 from __future__ import annotations

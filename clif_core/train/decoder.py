@@ -144,7 +144,8 @@ class DecoderTask:
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.prediction_type = base.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ClifError(f"the base model's prediction type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+            raise ClifError(
+                f"the base model's prediction type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         vae = base.vae.config
         self.scaling = float(vae.scaling_factor)
         self.shift = float(getattr(vae, "shift_factor", None) or 0.0)

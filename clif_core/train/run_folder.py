@@ -97,7 +97,8 @@ class RunFolder:
         try:
             data = json.loads(self.run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise ClifError(f"{self.run_file} cannot be read ({err}); restart the run or use another run folder") from None
+            raise ClifError(
+                f"{self.run_file} cannot be read ({err}); restart the run or use another run folder") from None
         if data.get("format") != FORMAT:
             raise ClifError(f"{self.run_file} is not a CLIF run file; use another run folder")
         return data["recipe"]
@@ -121,7 +122,8 @@ class RunFolder:
                     "settings, restart the run, or choose another run name"
                 )
         elif self.checkpoints():
-            raise ClifError(f"run folder {self.path} has checkpoints but no run.json; restart the run or use another folder")
+            raise ClifError(
+                f"run folder {self.path} has checkpoints but no run.json; restart the run or use another folder")
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_file, json.dumps(
             {"format": FORMAT, "version": VERSION, "recipe": recipe}, indent=1, sort_keys=True, allow_nan=False))

@@ -94,7 +94,8 @@ def _from_folder(folder: Path) -> VisionTower:
 
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise ClifError(f"{folder} has no config.json; a CLIP vision folder is written by transformers' save_pretrained")
+        raise ClifError(
+            f"{folder} has no config.json; a CLIP vision folder is written by transformers' save_pretrained")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     mean, std = CLIP_MEAN, CLIP_STD
     pre = folder / "preprocessor_config.json"
@@ -200,8 +201,9 @@ def pair_encoder(base: Any, tower: VisionTower) -> tuple[str, str]:
     fits = []
     for slot in base.text:
         width = text_output_width(slot)
+        projection = tower.text_projection
         if width == tower.projection_dim or (
-            tower.text_projection is not None and tuple(tower.text_projection.shape) == (tower.projection_dim, slot.width)
+            projection is not None and tuple(projection.shape) == (tower.projection_dim, slot.width)
         ):
             fits.append(slot.name)
     if not fits:
