@@ -15,6 +15,7 @@ import torch
 
 CONCEPTS_FOLDER = "clif_concepts"
 SAMS_FOLDER = "sams"
+RUNS_FOLDER = "clif_runs"  # under ComfyUI's output/: training and erasure runs, resumable
 _MODEL_FOLDERS = {CONCEPTS_FOLDER: {".safetensors"}, SAMS_FOLDER: {".pth", ".safetensors"}}
 log = logging.getLogger("clif")
 
@@ -98,3 +99,27 @@ def free_comfy_memory() -> None:
 
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
+
+
+def trainable_weights(base) -> None:
+    """ComfyUI runs nodes in inference mode: a base model loaded there holds inference tensors, which
+    autograd cannot save for backward (and whose version counters it cannot read). Give every such parameter
+    and buffer an ordinary copy (same values; shared tensors stay shared) before training."""
+    import torch
+
+    copies: dict[int, torch.Tensor] = {}
+
+    def ordinary(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in copies:
+            copy = t.clone()
+            copies[id(t)] = torch.nn.Parameter(copy, requires_grad=t.requires_grad) \
+                if isinstance(t, torch.nn.Parameter) else copy
+        return copies[id(t)]
+
+    with torch.inference_mode(False):
+        for component in (base.unet, base.vae, *(s.encoder for s in base.text)):
+            for module in component.modules():
+                for table in (module._parameters, module._buffers):
+                    for name, t in table.items():
+                        if t is not None and t.is_inference():
+                            table[name] = ordinary(t)

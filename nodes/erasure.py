@@ -11,10 +11,9 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders
+from .comfy_adapter import CONCEPTS_FOLDER, RUNS_FOLDER, models_subdir, register_model_folders, trainable_weights
 from .types import BaseModelType, ConceptsType
 
-RUNS_FOLDER = "clif_runs"
 METHODS = ["all-but-one", "esd-x", "esd-u", "esd"]
 PARAMS = ["auto", "lora", "kv", "xattn", "non-xattn", "full"]
 
@@ -57,30 +56,6 @@ def _patch_choices() -> list[str]:
     register_model_folders()
     return [name for name in folder_paths.get_filename_list(CONCEPTS_FOLDER)
             if _is_patch(folder_paths.get_full_path(CONCEPTS_FOLDER, name) or "")]
-
-
-def _trainable_weights(base) -> None:
-    """ComfyUI runs nodes in inference mode: a base model loaded there holds inference tensors, which
-    autograd cannot save for backward (and whose version counters it cannot read). Give every such parameter
-    and buffer an ordinary copy (same values; shared tensors stay shared) before training."""
-    import torch
-
-    copies: dict[int, torch.Tensor] = {}
-
-    def ordinary(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in copies:
-            copy = t.clone()
-            copies[id(t)] = torch.nn.Parameter(copy, requires_grad=t.requires_grad) \
-                if isinstance(t, torch.nn.Parameter) else copy
-        return copies[id(t)]
-
-    with torch.inference_mode(False):
-        for component in (base.unet, base.vae, *(s.encoder for s in base.text)):
-            for module in component.modules():
-                for table in (module._parameters, module._buffers):
-                    for name, t in table.items():
-                        if t is not None and t.is_inference():
-                            table[name] = ordinary(t)
 
 
 class EraseConcepts(io.ComfyNode):
@@ -159,7 +134,7 @@ class EraseConcepts(io.ComfyNode):
         total = len(config.targets) * trajectories * sample_steps + steps
         with torch.inference_mode(False), torch.enable_grad():
             base = clif_base.load()
-            _trainable_weights(base)
+            trainable_weights(base)
             result = erase_concepts(base, config, run_dir, path, reporter=reporter(total), restart=restart,
                                     overwrite=overwrite)
         report = result.report()

@@ -12,9 +12,9 @@ import os
 
 from comfy_api.v0_0_2 import io
 
+from .comfy_adapter import RUNS_FOLDER
 from .types import BaseModelType, ConceptsType, DatasetType
 
-RUNS_FOLDER = "clif_runs"
 CLIP_VISION = "clip_vision"
 PRECISIONS = ["auto", "bf16", "fp16", "no"]
 
@@ -63,17 +63,16 @@ def _train(clif_base, total: int, run):
     """Load the base model for training and call `run(base, reporter)` with gradients on.
 
     ComfyUI's cached models leave the device first; ComfyUI executes nodes in inference mode, so training
-    steps out of it (and a base model loaded there gets ordinary tensors, see `_trainable_weights`).
+    steps out of it (and a base model loaded there gets ordinary tensors, see `trainable_weights`).
     """
     import torch
 
-    from .comfy_adapter import free_comfy_memory, reporter
-    from .erasure import _trainable_weights
+    from .comfy_adapter import free_comfy_memory, reporter, trainable_weights
 
     free_comfy_memory()
     with torch.inference_mode(False), torch.enable_grad():
         base = clif_base.load()
-        _trainable_weights(base)
+        trainable_weights(base)
         return run(base, reporter(total))
 
 
