@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.workflow_tools import (  # noqa: E402
-    CONCEPT_FILE, WORKFLOWS_DIR, Group, Node, Workflow, build_ui_workflow, default_base_model, lower_steps,
-    prepare_server,
+    CONCEPT_FILE, WORKFLOWS_DIR, ensure_concept_file, Group, Node, Workflow, build_ui_workflow, default_base_model, default_vision,
+    lower_steps, prepare_server,
 )
 
 PAIR = "a photo of <ada> on the left and <ida> on the right"
@@ -45,11 +45,61 @@ def stock_sampler(prefix: str, key: str, title: str, model: tuple[str, str], see
     ]
 
 
-def workflows(base: str) -> list[Workflow]:
+def concept_nodes(name: str) -> list[Node]:
+    return [
+        Node(f"{name}_concept", "CLIFConceptFromFolder", f"Concept pictures: {name}",
+             {"folder": f"clif_examples/{name}", "name": name, "token": f"<{name}>", "class_word": "figure",
+              "parts": "head, body, accessory"}),
+        Node(f"{name}_seg", "CLIFSegmentConcept", f"Segment {name} (masks and parts)", {"n_parts": 3},
+             {"concept": (f"{name}_concept", "concept"), "segmenter": ("sam", "segmenter")}),
+    ]
+
+
+def training_workflow(load: Node, vision: str) -> Workflow:
+    stage = {"clif_base": ("base", "clif_base"), "dataset": ("augment", "dataset")}
+    return Workflow("clif_1_train_two_concepts", note="Train two confusable sandbox characters (ada, ida) with "
+                    "CLIF: pictures -> segmentation -> Global/Region/Mix augmentation -> contrastive stage -> "
+                    "decoder stage -> concept file in models/clif_concepts. Queue again after a cancel to resume.",
+                    groups=[
+        Group("1. Base model and segmenter", [
+            load, Node("sam", "CLIFLoadSAM", "Segmenter (weight-free; your masks win)"),
+        ]),
+        Group("2. Concept pictures (bundled examples)", [*concept_nodes("ada"), *concept_nodes("ida")], "#2a6f3a"),
+        Group("3. Augmented training set", [
+            Node("augment", "CLIFAugment", "Augment: Global, Region, Mix, single",
+                 {"dataset_name": "sandbox_ada_ida", "common_words": "circle, square", "n_global": 24,
+                  "n_region": 24, "n_mix": 16, "n_single": 8, "resolution": 64, "n_parts": 3, "common_images": 2},
+                 {"concept_1": ("ada_seg", "concept"), "concept_2": ("ida_seg", "concept"),
+                  "segmenter": ("sam", "segmenter"), "base_model": ("base", "clif_base")}),
+            Node("preview", "CLIFPreviewDataset", "Preview the training set", {"n_samples": 8},
+                 {"dataset": ("augment", "dataset")}),
+        ], "#6f4a2a"),
+        Group("4. Stage 1: contrastive", [
+            Node("stage1", "CLIFContrastiveTraining", "Stage 1: contrastive token training",
+                 {"clip_vision": vision, "run_name": "sandbox_ada_ida_stage1", "steps": 400, "batch_size": 32},
+                 stage),
+            Node("loss1", "CLIFLossPlot", "Loss curve, stage 1", links={"run_dir": ("stage1", "run_dir")}),
+            Node("loss1_show", "PreviewImage", "Show loss, stage 1", links={"images": ("loss1", "IMAGE")}),
+        ], "#4a2a6f"),
+        Group("5. Stage 2: decoder, save", [
+            Node("stage2", "CLIFDecoderTraining", "Stage 2: UNet LoRA + tokens",
+                 {"run_name": "sandbox_ada_ida_stage2", "steps": 1000, "batch_size": 1, "preview_every": 100},
+                 {**stage, "concepts": ("stage1", "concepts")}),
+            Node("loss2", "CLIFLossPlot", "Loss curve, stage 2", links={"run_dir": ("stage2", "run_dir")}),
+            Node("loss2_show", "PreviewImage", "Show loss, stage 2", links={"images": ("loss2", "IMAGE")}),
+            Node("save", "CLIFSaveConceptFile", "Save the concept file",
+                 {"filename": CONCEPT_FILE.removesuffix(".safetensors"), "overwrite": True},
+                 {"concepts": ("stage2", "concepts")}),
+        ], "#7a2a2a"),
+    ])
+
+
+def workflows(base: str, vision: str) -> list[Workflow]:
     load = Node("base", "CLIFLoadBaseModel", "Base model (sandbox)", {"base_model": base})
     concepts = Node("concepts", "CLIFLoadConceptFile", "Concept file: ada + ida",
                     {"concept_file": CONCEPT_FILE})
     return [
+        training_workflow(load, vision),
         Workflow("clif_2_multi_concept_sampling", note="Two trained concepts in one picture with the CLIF Sampler: "
                  "a plain prompt and the same prompt with a left/right regional layout, same seed.", groups=[
             Group("1. Model and concepts", [load, concepts]),
@@ -164,11 +214,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
         prepare_server(server, Path(tmp) / "models-src")
         info = server.object_info()
-        base = default_base_model(info)
+        if args.no_run or (args.only and "clif_1_train_two_concepts" not in args.only):
+            ensure_concept_file(server, default_base_model(info))
+            info = server.object_info()
+        base, vision = default_base_model(info), default_vision(info)
         skipped = []
-        for wf in workflows(base):
+        for wf in workflows(base, vision):
             if args.only and wf.name not in args.only:
                 continue
+            info = server.object_info()  # the concept file the training workflow wrote is an option now
             missing = sorted({n.type for g in wf.groups for n in g.nodes} - set(info))
             if missing:
                 skipped.append(f"{wf.name} (needs {', '.join(missing)})")
@@ -182,7 +236,10 @@ def main() -> None:
             prompt = convert_ui_to_api(ui, info)
             lower_steps(prompt)
             entry = server.run(prompt, timeout=600)
-            images = [p for p in server.output_files(entry) if p.suffix == ".png"]
+            saved = {str(n["id"]) for n in ui["nodes"] if n["type"] in ("SaveImage", "CLIFSaveImage")}
+            images = [p for p in server.output_files(entry) if p.suffix == ".png"]  # previews too (training)
+            images = [p for p in server.output_files({"outputs": {k: v for k, v in entry["outputs"].items()
+                                                                  if k in saved}})] or images
             thumbnail(images, path.with_suffix(".jpg"))
             print(f"  thumbnail from {len(images)} output image(s)")
         for s in skipped:

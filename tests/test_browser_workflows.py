@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow_tools import REPO_ROOT, WORKFLOWS_DIR, prepare_server
+from tests.workflow_tools import REPO_ROOT, WORKFLOWS_DIR, default_base_model, ensure_concept_file, prepare_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 NODE_MODULES = REPO_ROOT / ".cache" / "browser-test" / "node_modules"
@@ -107,6 +107,7 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
 
     began = time.monotonic()
     prepare_server(comfy_server, tmp_path / "models")
+    ensure_concept_file(comfy_server, default_base_model(comfy_server.object_info()))  # unless training ran
     # A returning user: no first-visit template browser over the canvas (the missing-node warning stays on).
     comfy_server._request("POST", "/settings/Comfy.TutorialCompleted", True)
     workflows = sorted(WORKFLOWS_DIR.glob("*.json"))

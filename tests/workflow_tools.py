@@ -69,6 +69,15 @@ def _is_widget(spec: list) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
+def _has_control_widget(name: str, spec: list) -> bool:
+    """Whether the editor adds a 'control after generate' widget (one more widgets_values slot) after this one:
+    the input's flag, and for INT inputs named seed or noise_seed even without it (frontend 1.32's rule)."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if spec[0] == "INT":
+        return bool(options.get("control_after_generate", name in ("seed", "noise_seed")))
+    return bool(options.get("control_after_generate"))
+
+
 def _default(spec: list) -> Any:
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "default" in options:
@@ -113,13 +122,15 @@ def build_ui_workflow(wf: Workflow, object_info: dict) -> dict:
                 raise ValueError(f"{wf.name}/{node.key}: {node.type} has no input(s) {sorted(unknown)}")
             inputs, values = [], []
             for name, spec, optional in specs:
+                widget = _is_widget(spec)
                 if name in node.links:
-                    if _is_widget(spec):  # the editor keeps a value for linked widgets: not worth the ambiguity
-                        raise ValueError(f"{wf.name}/{node.key}: link into widget input {name} is not supported")
-                    inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
-                                   "link": None})
-                    continue
-                if not _is_widget(spec):
+                    socket = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": None}
+                    if not widget:
+                        inputs.append(socket)
+                        continue
+                    # A linked widget keeps its socket and, as the editor saves it, a value in widgets_values.
+                    inputs.append({**socket, "widget": {"name": name}})
+                elif not widget:
                     if not optional:
                         raise ValueError(f"{wf.name}/{node.key}: required input {name} of {node.type} is not linked")
                     inputs.append({"name": name, "type": spec[0], "link": None, "shape": 7})
@@ -130,13 +141,11 @@ def build_ui_workflow(wf: Workflow, object_info: dict) -> dict:
                     raise ValueError(f"{wf.name}/{node.key}: {value!r} is not an option of {node.type}.{name} "
                                      f"({choices})")
                 values.append(value)
-                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                if options.get("control_after_generate"):
+                if _has_control_widget(name, spec):
                     values.append("fixed")
             outputs = [{"name": oname, "type": otype, "links": [], "slot_index": i}
                        for i, (otype, oname) in enumerate(zip(info["output"], info["output_name"]))]
-            n_widgets = sum(1 for v in values)
-            height = 40 + ROW * max(len(inputs), len(outputs)) + ROW * n_widgets
+            height = 40 + ROW * max(len(inputs), len(outputs)) + ROW * len(values)
             if info.get("output_node") or any(o["type"] == "IMAGE" for o in outputs):
                 height += 220  # room for the image preview
             ui = {
@@ -201,26 +210,14 @@ def lower_steps(api_prompt: dict, steps: int = 2, minimums: Optional[dict[str, i
     return changed
 
 
-def widget_values(ui_node: dict, object_info: dict) -> dict[str, Any]:
-    """A UI node's widget values by input name (control_after_generate entries dropped)."""
-    values = list(ui_node.get("widgets_values") or [])
-    linked = {i["name"] for i in ui_node.get("inputs", []) if i.get("link") is not None}
-    out = {}
-    for name, spec, _opt in _input_specs(object_info[ui_node["type"]]):
-        if name in linked or not _is_widget(spec):
-            continue
-        out[name] = values.pop(0)
-        if (spec[1] if len(spec) > 1 else {}).get("control_after_generate"):
-            values.pop(0)
-    return out
-
-
 # ------------------------------------------------------------------------------- what a fresh install has
 
 CONCEPT_FILE = "sandbox_ada_ida.safetensors"
 """The concept file the training workflow saves and the sampling workflows load (models/clif_concepts/)."""
 TINY_BASE = "checkpoints/clif_tiny_sd1.safetensors"
 """Stand-in default base model while the sandbox model is not listed by CLIF Load Base Model."""
+TINY_VISION = "clif_tiny_sd1_vision/"
+"""Its CLIP vision tower (models/clip_vision, a transformers folder) for the contrastive stage."""
 
 
 def bundled_examples():
@@ -239,14 +236,20 @@ def default_base_model(object_info: dict) -> str:
     return next((o for o in options if "sandbox" in o.lower()), TINY_BASE)
 
 
+def default_vision(object_info: dict) -> str:
+    """The sandbox vision tower when the training nodes list it, else the tiny stand-in's."""
+    spec = object_info.get("CLIFContrastiveTraining", {}).get("input", {}).get("required", {}).get("clip_vision")
+    return next((o for o in (_choices(spec) if spec else None) or [] if "sandbox" in o.lower()), TINY_VISION)
+
+
 def prepare_server(server, scratch: Path, need_base: Optional[str] = None) -> list[str]:
     """Give a fresh test server what the shipped workflows expect; return what was added besides the examples.
 
     - input/: the pack's example pictures, as nodes/bundled_examples.py copies them at start-up;
-    - the tiny stand-in base model when a workflow names it (`need_base`, default: when the live list lacks the
+    - the tiny stand-in base model (and its vision tower) when a workflow names it (`need_base`, default: when the live list lacks the
       sandbox model);
-    - models/clif_concepts/<CONCEPT_FILE>: when the training workflow has not written it, a synthetic one for
-      the default base model (random tokens and LoRA: it exercises the graph, not the quality).
+    The concept file the sampling workflows load comes from the training workflow (run first: names sort);
+    `ensure_concept_file` stands in for it when a sampling workflow runs alone.
     """
     added = []
     bundled_examples().install_examples(str(server.input_dir))
@@ -263,11 +266,16 @@ def prepare_server(server, scratch: Path, need_base: Optional[str] = None) -> li
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths.single_file, target)
         added.append(f"tiny base model {TINY_BASE}")
-    ensure_concept_file(server, base_choice, added)
+        vision = server.models_dir / "clip_vision" / TINY_VISION.rstrip("/")
+        if not vision.exists():
+            shutil.copytree(paths.vision_dir, vision)
+            added.append(f"its vision tower clip_vision/{TINY_VISION}")
     return added
 
 
 def ensure_concept_file(server, base_choice: str, added: Optional[list] = None) -> Path:
+    """models/clif_concepts/<CONCEPT_FILE>, or when no training run wrote it, a synthetic one for the base model
+    (random tokens and LoRA: it exercises the graph, not the quality)."""
     target = server.models_dir / "clif_concepts" / CONCEPT_FILE
     if target.exists():
         return target

@@ -72,10 +72,21 @@ try {
   if (await button.count()) await button.click();
   else { how = "app.queuePrompt"; await page.evaluate(() => window.app.queuePrompt(0, 1)); }
   const saveIds = data.nodes.filter((n) => n.type === "SaveImage" || n.type === "CLIFSaveImage").map((n) => String(n.id));
-  await page.waitForFunction((ids) => {
-    const outs = window.app.nodeOutputs ?? {};
-    return ids.every((id) => outs[id]?.images?.length);
-  }, saveIds, { timeout: job.timeoutMs, polling: 500 });
+  // Wait for the images on the save nodes; a prompt that failed on the server ends the wait at once.
+  const deadline = Date.now() + job.timeoutMs;
+  for (;;) {
+    const state = await page.evaluate(async ({ ids, before }) => {
+      const outs = window.app.nodeOutputs ?? {};
+      if (ids.every((id) => outs[id]?.images?.length)) return { done: true };
+      const history = await (await fetch("/api/history")).json();
+      const failed = Object.entries(history).filter(([k, v]) => !(k in before) && v.status?.status_str === "error");
+      return { done: false, failed: failed.map(([, v]) => v.status.messages) };
+    }, { ids: saveIds, before });
+    if (state.done) break;
+    if (state.failed.length) throw new Error(`the queued prompt failed: ${JSON.stringify(state.failed).slice(0, 3000)}`);
+    if (Date.now() > deadline) throw new Error(`no images on nodes ${saveIds} after ${job.timeoutMs} ms`);
+    await page.waitForTimeout(500);
+  }
   // The image shown on the node must have loaded from the server (/view), not just be listed.
   await page.waitForFunction((ids) => ids.every((id) => {
     const node = window.app.graph.getNodeById(Number(id));
