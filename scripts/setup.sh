@@ -12,6 +12,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null || "${PIP[@]}" install torch==2.14.1 torchvision==0.29.1
 if [ "${1:-}" = "--test" ]; then
   "${PIP[@]}" install -c tests/constraints.txt -e ".[test]" -r tests/comfyui/requirements.txt
+  bash scripts/setup-browser.sh
 else
   "${PIP[@]}" install -c tests/constraints.txt -e .
 fi
