@@ -110,6 +110,8 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
     ensure_concept_file(comfy_server, default_base_model(comfy_server.object_info()))  # unless training ran
     # A returning user: no first-visit template browser over the canvas (the missing-node warning stays on).
     comfy_server._request("POST", "/settings/Comfy.TutorialCompleted", True)
+    # Screenshots of whole graphs are zoomed out: keep node text drawn there (the editor hides it below 8 px).
+    comfy_server._request("POST", "/settings/LiteGraph.Canvas.MinFontSizeForLOD", 1)
     workflows = sorted(WORKFLOWS_DIR.glob("*.json"))
     assert any(p.stem == QUEUED for p in workflows)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,9 @@ def build_ui_workflow(wf: Workflow, object_info: dict) -> dict:
                     values.append("fixed")
             outputs = [{"name": oname, "type": otype, "links": [], "slot_index": i}
                        for i, (otype, oname) in enumerate(zip(info["output"], info["output_name"]))]
-            height = 40 + ROW * max(len(inputs), len(outputs)) + ROW * len(values)
+            multiline = sum(1 for name, spec, _o in specs if name not in node.links and spec[0] == "STRING"
+                            and (spec[1] if len(spec) > 1 else {}).get("multiline"))
+            height = 40 + ROW * max(len(inputs), len(outputs)) + ROW * len(values) + 70 * multiline
             if info.get("output_node") or any(o["type"] == "IMAGE" for o in outputs):
                 height += 220  # room for the image preview
             ui = {

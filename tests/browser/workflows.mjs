@@ -18,7 +18,7 @@ const context = await chromium.launchPersistentContext(job.userDataDir, {
   headless: true,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"],
-  viewport: { width: 1600, height: 1000 },
+  viewport: { width: 2400, height: 1500 },
 });
 const result = { loaded: [], queued: null, consoleErrors, failedRequests };
 try {
@@ -48,6 +48,8 @@ try {
       const { output } = await window.app.graphToPrompt();
       return { nodes: nodes.length, missingTypes, prompt: output };
     }, { data, name: wf.name });
+    // The whole graph in view for the screenshot (the editor's own Fit View command).
+    await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
     await page.waitForTimeout(500);
     info.dialogs = await visibleDialogs();
     info.name = wf.name;
