@@ -20,8 +20,6 @@ from .errors import ClifError
 from .progress import Reporter
 
 SIZES = ("smoke", "full")
-SANDBOX_BASE = Path(__file__).parent / "sandbox" / "weights" / "base"
-SANDBOX_VISION = SANDBOX_BASE / "vision"
 
 
 @dataclass
@@ -60,12 +58,13 @@ def _timed(report: Report, name: str, reporter: Reporter, fn: Callable[[], tuple
 
 def _base_model(out: Path, report: Report) -> tuple[Any, Path]:
     """The sandbox model when its weights are committed, else a tiny random model (said plainly)."""
+    from .models.bundled import SANDBOX_MODEL, SANDBOX_RECORD, SANDBOX_VISION, sandbox_available
     from .models.loader import load_base_model
 
-    if SANDBOX_BASE.is_dir():
-        note = SANDBOX_BASE / "MODEL_CARD.txt"
-        report.model_note = note.read_text(encoding="utf-8").strip() if note.is_file() else "the sandbox model"
-        return load_base_model(SANDBOX_BASE, device="cpu"), SANDBOX_VISION
+    if sandbox_available():
+        record = json.loads(SANDBOX_RECORD.read_text(encoding="utf-8")) if SANDBOX_RECORD.is_file() else {}
+        report.model_note = f"the sandbox model ({record.get('quality', '?')} quality). {record.get('note', '')}"
+        return load_base_model(SANDBOX_MODEL, device="cpu"), SANDBOX_VISION
     from .models.tiny import write_tiny_model
 
     paths = write_tiny_model("sd1", out / "tiny_model", seed=0)

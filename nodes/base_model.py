@@ -39,7 +39,10 @@ def _load_cached(path: str, mtime: float):
 def base_model_choices() -> list[str]:
     import folder_paths
 
-    names = [_CHECKPOINT + n for n in folder_paths.get_filename_list("checkpoints")]
+    from clif_core.models.bundled import SANDBOX_CHOICE, sandbox_available
+
+    names = [SANDBOX_CHOICE] if sandbox_available() else []
+    names += [_CHECKPOINT + n for n in folder_paths.get_filename_list("checkpoints")]
     for root in folder_paths.get_folder_paths("diffusers"):
         if os.path.isdir(root):
             for entry in sorted(os.listdir(root)):
@@ -51,6 +54,10 @@ def base_model_choices() -> list[str]:
 def resolve_base_model(choice: str) -> str:
     import folder_paths
 
+    from clif_core.models.bundled import SANDBOX_CHOICE, SANDBOX_MODEL, sandbox_available
+
+    if choice == SANDBOX_CHOICE and sandbox_available():
+        return str(SANDBOX_MODEL)
     if choice.startswith(_CHECKPOINT):
         return folder_paths.get_full_path_or_raise("checkpoints", choice[len(_CHECKPOINT):])
     if choice.startswith(_DIFFUSERS):

@@ -20,10 +20,14 @@ PRECISIONS = ["auto", "bf16", "fp16", "no"]
 
 
 def _vision_choices() -> list[str]:
-    """models/clip_vision files, and transformers folders there (shown with a trailing '/')."""
+    """The bundled sandbox vision tower, models/clip_vision files, and transformers folders there (shown with
+    a trailing '/')."""
     import folder_paths
 
-    names = list(folder_paths.get_filename_list(CLIP_VISION))
+    from clif_core.models.bundled import SANDBOX_VISION_CHOICE, sandbox_available
+
+    names = [SANDBOX_VISION_CHOICE] if sandbox_available() else []
+    names += list(folder_paths.get_filename_list(CLIP_VISION))
     for root in folder_paths.get_folder_paths(CLIP_VISION):
         if os.path.isdir(root):
             names += sorted(d + "/" for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "config.json")))
@@ -33,6 +37,10 @@ def _vision_choices() -> list[str]:
 def _vision_path(choice: str) -> str:
     import folder_paths
 
+    from clif_core.models.bundled import SANDBOX_VISION, SANDBOX_VISION_CHOICE
+
+    if choice == SANDBOX_VISION_CHOICE:
+        return str(SANDBOX_VISION)
     if choice.endswith("/"):
         for root in folder_paths.get_folder_paths(CLIP_VISION):
             if os.path.isfile(os.path.join(root, choice, "config.json")):
