@@ -35,6 +35,15 @@ def register_model_folders() -> None:
             entry[1].update(extensions)
 
 
+def file_state(path: str) -> tuple:
+    """What ComfyUI's cache compares between runs: a node re-runs when its file appeared, vanished or changed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
 def models_subdir(folder_name: str) -> str:
     """The first (default) folder ComfyUI uses for `folder_name`, created if missing."""
     import folder_paths

@@ -6,7 +6,7 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders
+from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders, file_state
 from .types import ConceptsType
 
 
@@ -15,15 +15,6 @@ def _concept_file_choices() -> list[str]:
 
     register_model_folders()
     return folder_paths.get_filename_list(CONCEPTS_FOLDER)
-
-
-def _file_state(path: str) -> tuple:
-    """What ComfyUI's cache compares between runs: a node re-runs when its file appeared, vanished or changed."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (path, None)
-    return (path, stat.st_mtime_ns, stat.st_size)
 
 
 def _checked_name(filename: str) -> str:
@@ -50,7 +41,7 @@ class LoadConceptFile(io.ComfyNode):
         import folder_paths
 
         register_model_folders()
-        return _file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, concept_file) or concept_file)
+        return file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, concept_file) or concept_file)
 
     @classmethod
     def execute(cls, concept_file: str) -> io.NodeOutput:
@@ -84,7 +75,7 @@ class SaveConceptFile(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, filename: str, overwrite: bool, **_) -> tuple:
         register_model_folders()
-        return _file_state(os.path.join(models_subdir(CONCEPTS_FOLDER), _checked_name(filename))), overwrite
+        return file_state(os.path.join(models_subdir(CONCEPTS_FOLDER), _checked_name(filename))), overwrite
 
     @classmethod
     def execute(cls, concepts, filename: str, overwrite: bool) -> io.NodeOutput:
@@ -145,7 +136,7 @@ class ExportConcepts(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, name: str, overwrite: bool, **_) -> tuple:
-        return _file_state(os.path.join(models_subdir("loras"), _checked_name(name))), overwrite
+        return file_state(os.path.join(models_subdir("loras"), _checked_name(name))), overwrite
 
     @classmethod
     def execute(cls, concepts, name: str, overwrite: bool) -> io.NodeOutput:

@@ -11,7 +11,7 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, RUNS_FOLDER, models_subdir, register_model_folders, trainable_weights
+from .comfy_adapter import CONCEPTS_FOLDER, RUNS_FOLDER, models_subdir, register_model_folders, trainable_weights, file_state
 from .types import BaseModelType, ConceptsType
 
 METHODS = ["all-but-one", "esd-x", "esd-u", "esd"]
@@ -27,20 +27,12 @@ def _plain_name(value: str, what: str, suffix: str = "") -> str:
     return name if not suffix or name.endswith(suffix) else name + suffix
 
 
-def _file_state(path: str) -> tuple:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (path, None)
-    return (path, stat.st_mtime_ns, stat.st_size)
-
-
 def _is_patch(path: str) -> bool:
     """Whether a file in models/clif_concepts is an erasure patch (its header says so; cached by mtime)."""
     from clif_core.concepts.file_format import read_header
     from clif_core.errors import ClifError
 
-    state = _file_state(path)
+    state = file_state(path)
     if state not in _KIND_CACHE:
         try:
             meta = read_header(path).get("__metadata__") or {}
@@ -158,7 +150,7 @@ class LoadErasurePatch(io.ComfyNode):
         import folder_paths
 
         register_model_folders()
-        return _file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, patch) or patch)
+        return file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, patch) or patch)
 
     @classmethod
     def execute(cls, patch: str) -> io.NodeOutput:
