@@ -249,3 +249,21 @@ def test_new_characters_need_no_code(tmp_path):
     assert spec.pairs == (("zed", "zoe"),) and spec["zoe"].class_word == "robot"
     r = render_character_images(spec["zed"], 1)[0]
     assert r.caption.startswith("a figure with a red checkered pointy head and a cyan round body")
+
+
+def test_cli_render_and_characters(tmp_path, capsys):
+    from clif_core.cli import main
+
+    assert main(["sandbox", "render", "--out", str(tmp_path / "r"), "--n", "3", "--seed", "5", "--grid"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "r" / "captions.jsonl").read_text().splitlines()]
+    assert [x["caption"] for x in lines] == [render(s).caption for s in (5, 6, 7)]
+    assert all((tmp_path / "r" / o["mask"]).is_file() for x in lines for o in x["objects"])
+    assert (tmp_path / "r" / "grid.png").is_file()
+
+    assert main(["sandbox", "characters", "--out", str(tmp_path / "c"), "--names", "dot,dex", "--n", "2"]) == 0
+    assert "dot/dex" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "c" / "dex").iterdir()) == ["000.png", "001.png", "masks"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["sandbox", "characters", "--spec", str(bad)]) == 2
+    assert "format" in capsys.readouterr().err

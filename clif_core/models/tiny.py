@@ -174,7 +174,7 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
 
     diffusers_dir = out / "diffusers"
     with atomic_dir(diffusers_dir) as tmp:
-        _save_diffusers(base, tmp)
+        save_diffusers(base, tmp)
 
     single_file = save_single_file(base, out / f"tiny-{spec.name}.safetensors")
 
@@ -187,7 +187,8 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
     return TinyPaths(spec.name, diffusers_dir, single_file, vision_dir)
 
 
-def _save_diffusers(base: BaseModel, folder: Path) -> None:
+def save_diffusers(base: BaseModel, folder: Path) -> None:
+    """Write `base` as a diffusers pipeline folder (also used to export the sandbox model)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if base.family == "sdxl":

@@ -42,7 +42,7 @@ from clif_core.sandbox.attributes import (
     TEXTURES,
 )
 from clif_core.sandbox.render import Render, render_scene
-from clif_core.sandbox.scene import Background, Detail, Figure, Part, Placed, Scene, describe
+from clif_core.sandbox.scene import Background, Detail, Figure, Part, Placed, Scene, Thing, describe
 from clif_core.sandbox.world import WorldConfig, compose, fit
 
 SPEC_FORMAT = "clif-sandbox-characters"
@@ -81,12 +81,28 @@ class CharacterSet:
                 f"{self.source}: no character named {name!r}; the file defines {', '.join(self.characters)}"
             ) from None
 
-    def match(self, figure: Figure) -> Optional[str]:
+    def match(self, figure: Optional[Thing]) -> Optional[str]:
         """The name of the character whose every part and detail equals `figure`'s, or None."""
         for name, character in self.characters.items():
             if character.figure == figure:
                 return name
         return None
+
+    def closest(self, figure: Optional[Thing], max_mismatch: int = 1) -> Optional[str]:
+        """The character that differs from `figure` in the fewest attributes (the oracle's heads: part
+        shapes, colours, textures, accessory, detail), if that is at most `max_mismatch` and no other
+        character is as close; else None. Tolerates one misread attribute where `match` needs all nine."""
+        from clif_core.sandbox.oracle_heads import thing_values
+
+        seen = thing_values(figure)
+        scored = sorted(
+            (sum(want.get(k) != seen.get(k) for k in set(want) | set(seen)), name)
+            for name, want in ((n, thing_values(c.figure)) for n, c in self.characters.items())
+        )
+        best, name = scored[0]
+        if best > max_mismatch or (len(scored) > 1 and scored[1][0] == best):
+            return None
+        return name
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -1,0 +1,99 @@
+"""Sandbox pretraining on a miniature architecture: every stage runs, stops, resumes and exports a model the
+pack's loader reads like any user's diffusers folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from clif_core.errors import Cancelled, ClifError
+from clif_core.progress import Reporter
+from clif_core.sandbox.pretrain import PRESETS, STAGES, export_model, load_state, pretrain
+
+CFG = PRESETS["test"]
+TOTAL = sum(CFG.stage(s).steps for s in STAGES)
+
+
+def _run(work, **kw):
+    return pretrain(CFG, work, device="cpu", render_workers=1, **kw)
+
+
+def test_stop_resume_export_and_load(tmp_path):
+    work = tmp_path / "work"
+    calls = []
+
+    def stop_after_five():
+        return len(calls) >= 5
+
+    reporter = Reporter(progress=lambda s, t, p=None: calls.append((s, t)), should_stop=stop_after_five, log=lambda m: None)
+    with pytest.raises(Cancelled, match="run the same command to resume"):
+        _run(work, reporter=reporter)
+    state = load_state(work)
+    assert (state.stage, state.step) == ("clip", 2)  # 3 VAE steps, then 2 of CLIP
+    assert (work / "checkpoint" / "training.pt").is_file()
+    with pytest.raises(ClifError, match="not finished"):
+        export_model(work, tmp_path / "model")
+
+    resumed = []
+    state = _run(work, reporter=Reporter(progress=lambda s, t, p=None: resumed.append(s), log=lambda m: None))
+    assert state.done
+    assert resumed[0] == 6 and resumed[-1] == TOTAL  # continued where it stopped, no stage repeated
+    assert set(state.cpu_seconds) == set(STAGES) and state.scaling_factor > 0
+
+    paths = export_model(work, tmp_path / "model")
+    from clif_core.models.loader import load_base_model
+
+    base = load_base_model(paths.diffusers_dir, device="cpu")
+    assert base.family == "sd1" and base.prediction_type == "v_prediction"
+    assert base.unet.config.sample_size == 16 and base.vae.config.scaling_factor == pytest.approx(state.scaling_factor)
+    record = json.loads((paths.diffusers_dir / "sandbox_model.json").read_text())
+    assert record["quality"] == "test" and record["fingerprint"] == base.fingerprint
+
+    from transformers import CLIPVisionModelWithProjection
+
+    vision = CLIPVisionModelWithProjection.from_pretrained(paths.vision_dir, local_files_only=True)
+    assert vision.config.projection_dim == base.text[0].width
+    assert json.loads((paths.vision_dir / "contrastive.json").read_text())["logit_scale"] > 0
+
+    from clif_core.sandbox.prompt_following import generate
+
+    images = generate(base, ["a red circle", "a blue star on the left and a green heart on the right"], steps=2)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+
+
+def test_time_limit_checkpoints_and_float16_checkpoints_resume(tmp_path):
+    cfg = replace(CFG, checkpoint_dtype="float16")
+    work = tmp_path / "work"
+    state = pretrain(cfg, work, device="cpu", render_workers=1, max_minutes=1e-9)
+    assert not state.done and (state.stage, state.step) == ("vae", 1)  # one step, then the deadline
+    ckpt = work / "checkpoint"
+    assert not (ckpt / "training.pt").exists()  # no optimizer state in float16 checkpoints
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "vae.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    state = pretrain(cfg, work, device="cpu", render_workers=1)
+    assert state.done
+
+
+def test_other_settings_refuse_to_resume(tmp_path):
+    work = tmp_path / "work"
+    pretrain(CFG, work, device="cpu", render_workers=1, max_minutes=1e-9)
+    with pytest.raises(ClifError, match="other settings"):
+        pretrain(replace(CFG, seed=1), work, device="cpu", render_workers=1)
+
+
+def test_text_checkpoint_keeps_only_trained_rows(tmp_path):
+    """Token rows the world never uses stay at their seeded initial values, so checkpoints store only the rest."""
+    work = tmp_path / "work"
+    cfg = replace(CFG, unet=replace(CFG.unet, steps=1))
+    pretrain(cfg, work, device="cpu", render_workers=1)
+    from safetensors import safe_open
+
+    with safe_open(str(work / "checkpoint" / "text.safetensors"), "pt") as f:
+        ids = f.get_tensor(next(k for k in f.keys() if k.endswith("token_embedding.weight.changed_ids")))
+    assert 10 < len(ids) < 2000  # the world's few hundred caption tokens, not the 49,408-row table
