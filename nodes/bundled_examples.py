@@ -1,9 +1,10 @@
-"""Copies the pack's example pictures (examples/input/) into ComfyUI's input/ folder at start-up.
+"""Copies the pack's example pictures (bundled_input/) into ComfyUI's input/ folder at start-up.
 
 The shipped workflows read their concept pictures from input/clif_examples/<character>/ (CLIF Concept (from
 folder)) and the purification picture from input/clif_example_circle.png (Load Image), because both nodes only
 list what is under input/. Files the user already has are never overwritten, so edited or deleted-and-replaced
-examples stay as the user left them; a missing file is copied again.
+examples stay as the user left them; a missing file is copied again. (The folder is not called examples/:
+ComfyUI serves a pack's example/, examples/ or workflow/ folder as its template folder ahead of workflows/.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "input")
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundled_input")
 
 
 def install_examples(input_dir: str, source: str = EXAMPLES_DIR) -> list[str]:

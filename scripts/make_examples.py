@@ -1,4 +1,4 @@
-"""Render the example pictures the shipped workflows read (committed under examples/input/).
+"""Render the example pictures the shipped workflows read (committed under bundled_input/).
 
     .venv/bin/python scripts/make_examples.py
 
@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-EXAMPLES = REPO / "examples" / "input"
+EXAMPLES = REPO / "bundled_input"
 CHARACTERS = ("ada", "ida")
 PURIFY_PICTURE = "clif_example_circle.png"
 PURIFY_WORD = "circle"

@@ -35,6 +35,23 @@ def test_workflows_are_shipped():
         assert path.with_suffix(".jpg").is_file(), f"{path.name} has no same-name .jpg thumbnail"
 
 
+def test_template_browser_serves_every_workflow_and_thumbnail(comfy_server):
+    """What ComfyUI's template browser fetches: the pack's list, then each file. ComfyUI serves the first of a
+    pack's example_workflows/, example/, examples/, workflow/, workflows/ folders that exists under one URL, so
+    another of those folders in the pack would hide workflows/."""
+    import urllib.request
+
+    from tests.comfyui.rig import PACK_LINK_NAME
+
+    listed = comfy_server._request("GET", "/api/workflow_templates")
+    assert sorted(listed.get(PACK_LINK_NAME, [])) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        for file in (path, path.with_suffix(".jpg")):
+            url = f"{comfy_server.url}/api/workflow_templates/{PACK_LINK_NAME}/{file.name}"
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                assert resp.read() == file.read_bytes(), f"{url} is not {file.name}"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_is_readable_for_newcomers(path: Path):
     ui = json.loads(path.read_text(encoding="utf-8"))
