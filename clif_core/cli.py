@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "clif_core.erase.cli",
     "clif_core.sandbox.cli",
     "clif_core.demo",
+    "clif_core.bench.cli",
 )
 
 

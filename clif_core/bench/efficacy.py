@@ -1,0 +1,412 @@
+"""`clif bench efficacy`: CLIF against its baselines and ablations on confusable sandbox character pairs.
+
+Per pair: 5 renders per character → the training sets (plain single pictures, the full augmented set and
+the three ablated sets) → every method trained at the same budget → the same prompts and seeds sampled
+with each method's concept file → the oracle reads every image → per-image scores → bootstrap 95%
+intervals over all images of all pairs. The character spec and the pair list are inputs, so the benchmark
+runs on characters the oracle and the base model never saw by name.
+
+Equal budget: every method takes the same number of optimizer steps at the same batch size; CLIF's stage 1
+and stage 2 steps count together (stage 1 gets `stage1_share` of them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from clif_core.errors import ClifError
+from clif_core.progress import SILENT, Reporter
+
+from .stats import Estimate, bootstrap
+
+METHODS = ("textual-inversion", "decoder-plain", "decoder-augmented", "clif", "clif-no-global", "clif-no-region",
+           "clif-no-mix")
+METHOD_TITLES = {
+    "textual-inversion": "textual inversion only (tokens, plain pictures)",
+    "decoder-plain": "decoder-only, plain pictures (LoRA + tokens)",
+    "decoder-augmented": "decoder-only, augmented set (LoRA + tokens)",
+    "clif": "CLIF full (stage 1 + 2)",
+    "clif-no-global": "CLIF without Global",
+    "clif-no-region": "CLIF without Region",
+    "clif-no-mix": "CLIF without Mix",
+}
+# method → (training set, stages): which data set it trains on and whether stage 1 runs first
+_PLAN = {
+    "textual-inversion": ("plain", "tokens"),
+    "decoder-plain": ("plain", "decoder"),
+    "decoder-augmented": ("augmented", "decoder"),
+    "clif": ("augmented", "clif"),
+    "clif-no-global": ("no-global", "clif"),
+    "clif-no-region": ("no-region", "clif"),
+    "clif-no-mix": ("no-mix", "clif"),
+}
+METRICS = (
+    ("identity", "identity accuracy ↑"),
+    ("leakage", "attribute leakage ↓"),
+    ("attendance", "concept attendance ↑"),
+    ("fidelity", "single-concept fidelity ↑"),
+)
+
+
+@dataclass(frozen=True)
+class EfficacySize:
+    """How big a run is. `budget_steps` × `batch` is every method's training budget."""
+
+    pairs: int  # pairs taken from the spec when none are named
+    budget_steps: int
+    batch: int
+    seeds: int  # per prompt
+    sample_steps: int
+    n_global: int
+    n_region: int
+    n_mix: int
+    n_single: int
+    n_plain: int  # samples of the plain set (each character's pictures, cut out and centred)
+    common_images: int = 2
+    common_steps: int = 12
+    images: int = 5  # training pictures per character
+
+
+SIZES = {
+    # `test` exists for the test suite only (seconds on the miniature model); the CLI offers smoke and full
+    "test": EfficacySize(pairs=1, budget_steps=4, batch=2, seeds=2, sample_steps=2, n_global=2, n_region=2, n_mix=2,
+                         n_single=2, n_plain=4, common_images=1, common_steps=2),
+    "smoke": EfficacySize(pairs=2, budget_steps=40, batch=8, seeds=4, sample_steps=12, n_global=8, n_region=8,
+                          n_mix=8, n_single=4, n_plain=10),
+    "full": EfficacySize(pairs=4, budget_steps=300, batch=8, seeds=16, sample_steps=20, n_global=24, n_region=24,
+                         n_mix=16, n_single=8, n_plain=20),
+}
+
+
+@dataclass
+class EfficacyConfig:
+    out: Path
+    size: str = "smoke"
+    spec: Optional[Path] = None  # character spec file (default: the shipped one)
+    pairs: Optional[list[tuple[str, str]]] = None  # default: the spec's first `size.pairs` pairs
+    seeds: int = 0  # 0: the size's
+    model: Optional[Path] = None  # diffusers folder (default: the bundled sandbox model)
+    vision: Optional[Path] = None
+    work: Optional[Path] = None  # run folders, data sets, caches (default: OUT/work-efficacy-SIZE)
+    methods: tuple[str, ...] = METHODS
+    seed: int = 0
+    stage1_share: float = 0.25
+    lr: float = 1e-3  # UNet LoRA
+    token_lr: float = 1e-3  # concept tokens in stage 2
+    ti_token_lr: float = 5e-3  # concept tokens when they are all that trains (textual inversion)
+    stage1_lr: float = 5e-3
+    cfg: float = 4.0
+    common_words: tuple[str, ...] = ("red circle", "blue square")
+    command: str = ""  # the command line, for the report
+
+    @property
+    def dims(self) -> EfficacySize:
+        if self.size not in SIZES:
+            raise ClifError(f"benchmark size {self.size!r} is unknown; use one of {', '.join(SIZES)}")
+        return SIZES[self.size]
+
+    def check(self) -> None:
+        dims = self.dims
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ClifError(f"unknown method(s) {bad}; choose among {', '.join(METHODS)}")
+        if not 0 < self.stage1_share < 1:
+            raise ClifError(f"stage1_share {self.stage1_share} must be between 0 and 1 (CLIF runs both stages)")
+        if self.seeds < 0:
+            raise ClifError(f"seeds is {self.seeds}; use a positive number (0: the size's {dims.seeds})")
+
+    def stage_steps(self) -> tuple[int, int]:
+        total = self.dims.budget_steps
+        first = min(total - 1, max(1, round(total * self.stage1_share)))
+        return first, total - first
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    kind: str  # "pair" | "single" | "common"
+    text: str
+    expected: dict  # slot → character name (concept slots only)
+
+
+def pair_prompts(a: str, b: str, templates: Any, common_word: str) -> list[Prompt]:
+    """Both concepts in both orders, each alone, each beside a common object, in the training captions' words."""
+    t = templates
+
+    def tok(n: str) -> str:
+        return t.concept.format(token=f"<{n}>", class_word="figure")
+
+    common = t.common.format(word=common_word)
+    two = lambda first, second: t.pair_left_right.format(first=first, second=second)  # noqa: E731
+    return [
+        Prompt("pair", two(tok(a), tok(b)), {"left": a, "right": b}),
+        Prompt("pair", two(tok(b), tok(a)), {"left": b, "right": a}),
+        Prompt("single", t.single.format(first=tok(a)), {"center": a}),
+        Prompt("single", t.single.format(first=tok(b)), {"center": b}),
+        Prompt("common", two(tok(a), common), {"left": a}),
+        Prompt("common", two(tok(b), common), {"left": b}),
+    ]
+
+
+def sandbox_templates() -> Any:
+    """Captions in the sandbox world's own words ("X on the left and Y on the right"), which the base model
+    was pretrained on, instead of the augmenter's "a photo of ..." default."""
+    from clif_core.augment.compose import CaptionTemplates
+
+    return CaptionTemplates(pair_left_right="{first} on the left and {second} on the right",
+                            pair_top_bottom="{first} at the top and {second} at the bottom", single="{first}",
+                            common="a {word}")
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def _values(thing: Any) -> dict[str, str]:
+    from clif_core.sandbox.oracle_heads import thing_values
+
+    return thing_values(thing)
+
+
+def score_image(reading: Any, prompt: Prompt, characters: Any) -> dict[str, float]:
+    """Per-image scores (NaN where a metric does not apply to this prompt kind).
+
+    identity: share of the prompt's concept slots that the oracle identifies as the asked character
+      (`CharacterSet.closest`: at most one misread attribute, no tie).
+    leakage: pair prompts; share of concept slots holding a figure in which some attribute that tells the
+      two characters apart reads as the other character's value (a's body drawn in b's colour).
+    attendance: pair prompts; 1 when both characters are identified somewhere in the image.
+    fidelity: single prompts; share of the character's attributes (part shapes, colours, textures,
+      accessory, detail) read back in the centre slot.
+    """
+    nan = math.nan
+    names = {slot: characters.closest(reading.slots[slot]) for slot in reading.slots}
+    identity = [float(names[slot] == want) for slot, want in prompt.expected.items()]
+    scores = {"identity": sum(identity) / len(identity), "leakage": nan, "attendance": nan, "fidelity": nan}
+    if prompt.kind == "pair":
+        a, b = prompt.expected["left"], prompt.expected["right"]
+        leaks = []
+        for slot, want in prompt.expected.items():
+            seen = reading.slots[slot]
+            if seen is None or seen.kind != "figure":
+                continue
+            other = b if want == a else a
+            mine, theirs, got = _values(characters[want].figure), _values(characters[other].figure), _values(seen)
+            differing = [k for k in theirs if theirs[k] not in ("none",) and mine.get(k) != theirs[k]]
+            leaks.append(float(any(got.get(k) == theirs[k] for k in differing)))
+        scores["leakage"] = sum(leaks) / len(leaks) if leaks else nan
+        scores["attendance"] = float({a, b} <= set(names.values()))
+    if prompt.kind == "single":
+        want = _values(characters[prompt.expected["center"]].figure)
+        got = _values(reading.slots["center"])
+        scores["fidelity"] = sum(got.get(k) == v for k, v in want.items()) / len(want)
+    return scores
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+@dataclass
+class PairRun:
+    """What one pair produced: per method, per prompt, the images and their scores."""
+
+    pair: tuple[str, str]
+    prompts: list[Prompt]
+    pictures: list  # training pictures, a's then b's
+    images: dict[str, list[list[Any]]] = field(default_factory=dict)  # method → per prompt → PIL images
+    scores: dict[str, list[list[dict]]] = field(default_factory=dict)  # method → per prompt → per image
+    seconds: dict[str, float] = field(default_factory=dict)  # method → training seconds
+
+
+def _datasets(config: EfficacyConfig, work: Path, concepts: list, common: list, needed: set[str],
+              reporter: Reporter) -> dict[str, Path]:
+    from clif_core.augment.compose import AugmentConfig
+    from clif_core.augment.dataset import build_dataset
+    from clif_core.augment.fallback import FallbackSegmenter
+
+    d = config.dims
+    full = AugmentConfig(resolution=64, n_global=d.n_global, n_region=d.n_region, n_mix=d.n_mix,
+                         n_single=d.n_single, n_parts=3, templates=sandbox_templates(), seed=config.seed)
+    variants = {
+        "plain": replace(full, n_global=0, n_region=0, n_mix=0, n_single=d.n_plain),
+        "augmented": full,
+        "no-global": replace(full, n_global=0),
+        "no-region": replace(full, n_region=0),
+        "no-mix": replace(full, n_mix=0),
+    }
+    out = {}
+    for name in sorted(needed):
+        out[name] = build_dataset(concepts, work / "datasets" / name, variants[name], FallbackSegmenter(),
+                                  common=common if name != "plain" else (), reporter=SILENT, overwrite=True,
+                                  reuse=True)
+    return out
+
+
+def train_method(method: str, base: Any, vision: Path, dataset: Path, run_dir: Path, config: EfficacyConfig,
+                 reporter: Reporter = SILENT) -> Any:
+    """Train one method at the run's budget; returns its concept file."""
+    from clif_core.train.contrastive import ContrastiveConfig
+    from clif_core.train.decoder import DecoderConfig, train_decoder
+    from clif_core.train.loop import LoopConfig
+    from clif_core.train.stages import train_concepts
+
+    d = config.dims
+    _, stages = _PLAN[method]
+
+    def loop(steps: int) -> LoopConfig:
+        return LoopConfig(steps=steps, batch_size=d.batch, seed=config.seed, checkpoint_every=max(steps, 1),
+                          log_every=max(steps, 1))
+
+    if stages == "clif":
+        s1, s2 = config.stage_steps()
+        result = train_concepts(base, dataset, vision, run_dir,
+                                ContrastiveConfig(lr=config.stage1_lr, loop=loop(s1)),
+                                DecoderConfig(lr=config.lr, token_lr=config.token_lr, preview_steps=0, loop=loop(s2)),
+                                reporter=reporter)
+    elif stages == "tokens":
+        # Textual inversion: the decoder stage with the LoRA's learning rate 0. peft starts LoRA B at zero, so
+        # the LoRA adds exactly nothing and only the token rows learn (same steps, same batch, same compute).
+        result = train_decoder(base, dataset, run_dir,
+                               DecoderConfig(lr=0.0, token_lr=config.ti_token_lr, preview_steps=0,
+                                             loop=loop(d.budget_steps)), reporter=reporter)
+    else:
+        result = train_decoder(base, dataset, run_dir,
+                               DecoderConfig(lr=config.lr, token_lr=config.token_lr, preview_steps=0,
+                                             loop=loop(d.budget_steps)), reporter=reporter)
+    return result.concepts
+
+
+def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: Any, characters: Any, work: Path,
+             reporter: Reporter) -> PairRun:
+    from clif_core.augment.common import resolve_common
+    from clif_core.sample.config import SampleConfig
+    from clif_core.sample.sampler import make_generate, sample
+    from clif_core.sandbox.characters import character_concept
+
+    d = config.dims
+    seeds = config.seeds or d.seeds
+    a, b = pair
+    base = model.base
+    concepts = [character_concept(characters[n], f"<{n}>", n=d.images, seed=config.seed) for n in pair]
+    generate = make_generate(base, SampleConfig(prompt="", steps=d.common_steps, cfg=config.cfg))
+    common = resolve_common(list(config.common_words), generate=generate, fingerprint=base.fingerprint,
+                            cache_dir=work.parent / "common_cache", n=d.common_images, seed=config.seed)
+    pair_dir = work / f"{a}-{b}"
+    needed = {_PLAN[m][0] for m in config.methods}
+    datasets = _datasets(config, pair_dir, concepts, common, needed, reporter)
+    prompts = pair_prompts(a, b, sandbox_templates(), config.common_words[0])
+    run = PairRun(pair, prompts, [im for c in concepts for im in c.images])
+    for method in config.methods:
+        reporter.log(f"{a}/{b}: training {method}")
+        start = time.perf_counter()
+        trained = train_method(method, base, model.vision, datasets[_PLAN[method][0]], pair_dir / "runs" / method,
+                               config, reporter)
+        run.seconds[method] = time.perf_counter() - start
+        reporter.log(f"{a}/{b}: sampling {method} ({len(prompts)} prompts × {seeds} seeds)")
+        run.images[method], run.scores[method] = [], []
+        for prompt in prompts:
+            images = sample(base, SampleConfig(prompt=prompt.text, seed=config.seed, batch=seeds,
+                                               steps=d.sample_steps, cfg=config.cfg), [trained]).images
+            run.images[method].append(images)
+            run.scores[method].append([score_image(r, prompt, characters) for r in oracle.read(images)])
+    return run
+
+
+def summarise(runs: Sequence[PairRun], methods: Sequence[str]) -> dict[str, dict[str, Estimate]]:
+    """Per method, per metric: the bootstrap estimate over every image of every pair and prompt."""
+    out = {}
+    for method in methods:
+        per_image = [s for run in runs for prompt_scores in run.scores[method] for s in prompt_scores]
+        out[method] = {key: bootstrap([s[key] for s in per_image]) for key, _ in METRICS}
+    return out
+
+
+def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[str, Path]:
+    """Run the benchmark; write OUT/efficacy.md, OUT/efficacy.png, OUT/efficacy.json; return their paths."""
+    from clif_core.sandbox.characters import load_characters
+
+    from .setup import load_bench_model, load_oracle
+
+    config.check()
+    started = time.perf_counter()
+    characters = load_characters(config.spec)
+    pairs = config.pairs or list(characters.pairs[: config.dims.pairs])
+    if not pairs:
+        raise ClifError(f"{characters.source} lists no pairs; add \"pairs\" to the spec or pass --pairs a/b,c/d")
+    for pair in pairs:
+        for name in pair:
+            characters[name]  # noqa: B018 - raises ClifError naming the spec for an unknown name
+    model = load_bench_model(config.model, config.vision)
+    oracle = load_oracle()
+    work = config.work or config.out / f"work-efficacy-{config.size}"
+    runs = []
+    for i, pair in enumerate(pairs):
+        reporter.progress(i, len(pairs), None)
+        runs.append(run_pair(tuple(pair), config, model, oracle, characters, work / "pairs", reporter))
+    reporter.progress(len(pairs), len(pairs), None)
+    table = summarise(runs, config.methods)
+    seconds = time.perf_counter() - started
+    return _write(config, characters, model.note, runs, table, seconds)
+
+
+def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[PairRun],
+           table: dict[str, dict[str, Estimate]], seconds: float) -> dict[str, Path]:
+    from clif_core.fileio import write_text_atomic
+
+    from .report import finite_json, labelled_grid, markdown_table, save_png
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    d = config.dims
+    seeds = config.seeds or d.seeds
+    s1, s2 = config.stage_steps()
+    first = runs[0]
+    show = min(2, seeds)
+    grid_rows = [("training pictures (" + " | ".join(first.pair) + ")", first.pictures)]
+    grid_rows += [(METHOD_TITLES[m], [im for images in first.images[m] for im in images[:show]])
+                  for m in config.methods]
+    columns = [p.text.replace("<", "").replace(">", "") for p in first.prompts for _ in range(show)]
+    paths = {"grid": save_png(labelled_grid(grid_rows, columns, label_width=170), out / "efficacy.png")}
+    rows = [(METHOD_TITLES[m], table[m]) for m in config.methods]
+    n_images = sum(len(p) * seeds for p in (r.prompts for r in runs))
+    lines = [
+        "# Efficacy benchmark (sandbox)",
+        "",
+        f"Model: {model_note}",
+        "",
+        f"Command: `{config.command or 'clif bench efficacy'}`  ",
+        f"Size: `{config.size}`: {len(runs)} pairs ({', '.join('/'.join(r.pair) for r in runs)}) from "
+        f"{characters.source}, {d.images} training pictures per character, {seeds} seeds per prompt, "
+        f"{n_images} images per method, {d.sample_steps} sampling steps (Euler, CFG {config.cfg}).  ",
+        f"Budget per method: {d.budget_steps} optimizer steps × batch {d.batch} (CLIF: {s1} stage-1 + {s2} "
+        f"stage-2 steps).  ",
+        f"Wall time: {seconds / 60:.1f} min.",
+        "",
+        "Each cell: mean over images [bootstrap 95% interval]; n/a where no image qualifies.",
+        "",
+        markdown_table(rows, METRICS),
+        "",
+        "Training seconds per method, summed over pairs: "
+        + ", ".join(f"{m} {sum(r.seconds[m] for r in runs):.0f}" for m in config.methods) + ".",
+        "",
+        f"Grid (`efficacy.png`): pair {'/'.join(first.pair)}; first row the training pictures, then per method "
+        f"the first {show} seeds of each prompt.",
+    ]
+    paths["table"] = write_text_atomic(out / "efficacy.md", "\n".join(lines) + "\n")
+    record = {
+        "config": {**asdict(config), "out": str(config.out), "spec": str(config.spec or characters.source),
+                   "model": str(config.model or ""), "vision": str(config.vision or ""),
+                   "work": str(config.work or "")},
+        "size": asdict(d), "seconds": seconds, "model": model_note,
+        "table": {m: {k: e.to_dict() for k, e in est.items()} for m, est in table.items()},
+        "pairs": [{"pair": list(r.pair), "prompts": [p.text for p in r.prompts], "scores": r.scores,
+                   "training_seconds": r.seconds} for r in runs],
+    }
+    paths["json"] = write_text_atomic(out / "efficacy.json", json.dumps(finite_json(record), indent=1, default=str) + "\n")
+    return paths
