@@ -14,6 +14,7 @@ ComfyUI is imported inside the functions only: the pack must import cheaply when
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -23,7 +24,7 @@ from clif_core.errors import ClifError
 # ComfyUI's CLIP text model has a fixed 49408-token embedding table and its tokenizer pads to 77.
 _COMFY_CLIP_VOCAB = 49408
 _COMFY_CLIP_POSITIONS = 77
-_COMFY_GROUP_NORM = 32  # ComfyUI's UNet and VAE normalise with GroupNorm(32, ·) everywhere
+_COMFY_GROUP_NORM = 32  # ComfyUI builds its UNet's and VAE's GroupNorms with 32 groups; other counts are set below
 _SDXL_TIME_EMBED = 256
 # diffusers beta schedule name → ComfyUI's name for the same schedule
 _BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
@@ -88,6 +89,7 @@ def _small_family_classes() -> dict[str, type]:
     """The family classes ComfyUI matches by exact widths, made to take their prediction type and SDXL
     size-conditioning width from the model's configs instead of the published model's."""
     import comfy.model_base
+    import comfy.ops
     import comfy.supported_models as sm
 
     class FromConfigs:
@@ -97,7 +99,13 @@ def _small_family_classes() -> dict[str, type]:
         def model_type(self, state_dict, prefix=""):
             return self.prediction
 
+        groups: int = _COMFY_GROUP_NORM
+
         def get_model(self, state_dict, prefix="", device=None):
+            if self.groups != _COMFY_GROUP_NORM:  # the dtypes are known now (set_inference_dtype ran)
+                picked = comfy.ops.pick_operations(self.unet_config.get("dtype"), self.manual_cast_dtype,
+                                                   model_config=self)
+                self.custom_operations = _with_group_norm(picked, self.groups)
             model = super().get_model(state_dict, prefix, device)
             if isinstance(model, comfy.model_base.SDXL) and self.time_embed_dim != model.embedder.dim:
                 model.embedder = comfy.model_base.Timestep(self.time_embed_dim)
@@ -114,12 +122,8 @@ def _small_model_config(family: str, unet_config: dict, configs: Mapping[str, di
     import comfy.model_base
 
     unet_cfg, scheduler_cfg, vae_cfg = configs["unet"], configs["scheduler"], configs["vae"]
-    if unet_cfg.get("norm_num_groups", _COMFY_GROUP_NORM) != _COMFY_GROUP_NORM:
-        raise ClifError(
-            f"{source}: the UNet's norm_num_groups is {unet_cfg['norm_num_groups']}; ComfyUI's UNet always "
-            f"uses {_COMFY_GROUP_NORM} groups, so ComfyUI cannot run this model (the CLIF nodes can)."
-        )
     model_config = _small_family_classes()[family](unet_config)
+    model_config.groups = int(unet_cfg.get("norm_num_groups", _COMFY_GROUP_NORM))
     model_config.unet_config.update(_attention_heads(unet_cfg, source))
 
     prediction = scheduler_cfg.get("prediction_type", "epsilon")
@@ -193,9 +197,6 @@ def _vae(model_config, state: dict, vae_cfg: Mapping[str, Any], source: Path):
     import comfy.sd
     import comfy.utils
 
-    if vae_cfg.get("norm_num_groups", _COMFY_GROUP_NORM) != _COMFY_GROUP_NORM:
-        raise ClifError(f"{source}: the VAE's norm_num_groups is {vae_cfg['norm_num_groups']}; ComfyUI's "
-                        f"VAE always uses {_COMFY_GROUP_NORM} groups, so ComfyUI cannot run this model (the CLIF nodes can).")
     absent = [k for k in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv") if not vae_cfg.get(k, True)]
     if absent:
         raise ClifError(f"{source}: the VAE is built without {', '.join(absent)}; ComfyUI's VAE always has them, "
@@ -211,13 +212,39 @@ def _vae(model_config, state: dict, vae_cfg: Mapping[str, Any], source: Path):
         "num_res_blocks": int(vae_cfg["layers_per_block"]), "attn_resolutions": [], "dropout": 0.0,
     }
     try:
-        vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": ddconfig, "embed_dim": latent}})
+        with _vae_group_norm(int(vae_cfg.get("norm_num_groups", _COMFY_GROUP_NORM))):
+            vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": ddconfig, "embed_dim": latent}})
     except RuntimeError as err:  # torch's size-mismatch report
         raise _mismatch(source, "VAE", err) from None
     _require_all(set(vae.first_stage_model.state_dict()), set(vae_sd), "VAE", source)
     vae.latent_channels = latent
     vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(widths) - 1)
     return vae
+
+
+def _with_group_norm(operations: type, groups: int) -> type:
+    """ComfyUI's UNet operations with every GroupNorm built with `groups` groups (its UNet asks for 32)."""
+
+    class GroupNorm(operations.GroupNorm):
+        def __init__(self, num_groups, num_channels, *args, **kwargs):
+            super().__init__(groups, num_channels, *args, **kwargs)
+
+    return type(f"{operations.__name__}Groups{groups}", (operations,), {"GroupNorm": GroupNorm})
+
+
+@contextlib.contextmanager
+def _vae_group_norm(groups: int):
+    """ComfyUI's VAE blocks make every GroupNorm through one function that asks the module's `ops` for 32
+    groups; while the VAE is built, `ops` makes `groups` (ComfyUI runs one prompt at a time)."""
+    import comfy.ldm.modules.diffusionmodules.model as blocks
+
+    original = blocks.ops
+    if groups != _COMFY_GROUP_NORM:
+        blocks.ops = _with_group_norm(original, groups)
+    try:
+        yield
+    finally:
+        blocks.ops = original
 
 
 def _clip(model_config, state: dict, family: str, configs: Mapping[str, dict], embedding_directory, source: Path):

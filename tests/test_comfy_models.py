@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from clif_core.models.bundled import SANDBOX_MODEL
 from tests.comfyui.rig import comfy_subprocess_env, ensure_comfyui
 
 pytestmark = pytest.mark.comfy
@@ -22,6 +23,7 @@ PROBE = Path(__file__).parent / "comfyui" / "comfy_models_probe.py"
 def probed(tmp_path_factory, tiny_sd1, tiny_sd2, tiny_sdxl) -> dict:
     written = {"sd1": tiny_sd1, "sd2": tiny_sd2, "sdxl": tiny_sdxl}
     jobs = [f"{family}={paths.single_file.parent}" for family, paths in written.items()]
+    jobs.append(f"sandbox={SANDBOX_MODEL.parent}")
     jobs.append(f"refusals={tiny_sd1.single_file}")
     out = tmp_path_factory.mktemp("comfy_models") / "probe.json"
     done = subprocess.run([sys.executable, str(PROBE), str(out), *jobs], cwd=ensure_comfyui(),
@@ -78,7 +80,17 @@ def test_stock_nodes_sample_and_decode_with_embeddings(probed, family):
     assert r["image_finite"] and 0.0 <= r["image_range"][0] <= r["image_range"][1] <= 1.0
 
 
-@pytest.mark.parametrize("field", ["vae.norm_num_groups", "unet.norm_num_groups", "text_encoder.vocab_size",
+def test_sandbox_model_with_its_own_group_norms_runs_in_comfyui(probed):
+    """The sandbox UNet and VAE normalise with 8 groups, ComfyUI's classes are built with 32: the adapter builds
+    them with the model's count, and ComfyUI's own modules then compute what diffusers computes."""
+    configs = {part: json.loads((SANDBOX_MODEL / part / "config.json").read_text()) for part in ("unet", "vae")}
+    assert {c["norm_num_groups"] for c in configs.values()} != {32}
+    r = _result(probed, "sandbox")["diffusers"]
+    assert r["text"] < 1e-4 and r["unet"] < 1e-4 and r["vae"] < 1e-4 and r["sigmas"] < 1e-4
+    assert r["image_finite"] and r["image_other_vs_words"] > 1e-3  # stock KSampler + VAEDecode on it
+
+
+@pytest.mark.parametrize("field", ["text_encoder.vocab_size",
                                    "scheduler.prediction_type"])
 def test_models_comfyui_cannot_hold_are_refused_naming_file_and_field(probed, field):
     refused = probed["refusals"][field]

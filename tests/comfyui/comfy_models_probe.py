@@ -3,7 +3,8 @@ loads tiny models with nodes/comfy_models.py and measures them against the diffu
 
     python comfy_models_probe.py OUT.json FAMILY=MODEL_DIR [FAMILY=MODEL_DIR ...] [refusals=SINGLE_FILE]
 
-MODEL_DIR is what `write_tiny_model` wrote (a single file, a diffusers/ folder). For each family it reports
+MODEL_DIR is what `write_tiny_model` wrote (a single file, a diffusers/ folder), or a folder holding only a
+diffusers/ folder (the sandbox model). For each family it reports
 how far ComfyUI's text conditioning, UNet, VAE and noise schedule are from the diffusers model, whether an
 `embedding:name` holding the token rows of two words conditions exactly like the words, and what the stock
 KSampler + VAEDecode produce. `refusals` loads copies of a single file with edited stored configs that
@@ -72,9 +73,9 @@ def probe(family: str, model_dir: Path, work: Path) -> dict:
     emb_dir = work / f"embeddings-{family}"
     emb_dir.mkdir()
     emb_name = _write_word_embedding(ref, emb_dir)
-    [single_file] = model_dir.glob("*.safetensors")
+    sources = [("single_file", f) for f in model_dir.glob("*.safetensors")] + [("diffusers", model_dir / "diffusers")]
     result: dict = {}
-    for source_kind, source in (("single_file", single_file), ("diffusers", model_dir / "diffusers")):
+    for source_kind, source in sources:
         model, clip, vae = mod.load_comfy_checkpoint(source, str(emb_dir))
         out: dict = {"model_class": type(model.model.model_config).__name__}
         torch.manual_seed(0)
@@ -103,7 +104,7 @@ def probe(family: str, model_dir: Path, work: Path) -> dict:
             out["latent_scale"] = model.model.latent_format.scale_factor
             out["vae_scale"] = ref.vae.config.scaling_factor
 
-        if source_kind == "single_file":
+        if source_kind == sources[0][0]:
             out.update(_run_stock_nodes(nodes, model, clip, vae, emb_name))
         result[source_kind] = out
     return result
@@ -134,8 +135,6 @@ def _run_stock_nodes(nodes, model, clip, vae, emb_name: str) -> dict:
 
 # Stored-config edits that describe a model ComfyUI's classes cannot hold, by the field they change.
 REFUSALS = {
-    "vae.norm_num_groups": ("vae", "norm_num_groups", 16),
-    "unet.norm_num_groups": ("unet", "norm_num_groups", 16),
     "text_encoder.vocab_size": ("text_encoder", "vocab_size", 1000),
     "scheduler.prediction_type": ("scheduler", "prediction_type", "sample"),
 }
