@@ -2,10 +2,11 @@
 
     .venv/bin/python scripts/build_workflows.py            # JSON + thumbnails
     .venv/bin/python scripts/build_workflows.py --no-run   # JSON only
+    .venv/bin/python scripts/build_workflows.py --shipped-steps   # thumbnails from the step counts as shipped
 
 Starts the test rig's real ComfyUI server with the pack (tests/comfyui/rig.py), reads its live /object_info for
 widget order, socket types and combo options, writes each workflow in the editor's UI format, then converts it
-with comfy-cli's converter, runs it with lowered step counts and saves the first output image as the same-name
+with comfy-cli's converter, runs it (step counts lowered unless --shipped-steps) and saves the first output image as the same-name
 .jpg thumbnail. A workflow whose nodes the pack does not register yet is skipped and named.
 """
 
@@ -210,6 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-run", action="store_true", help="write the JSON only, no thumbnails")
     parser.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
+    parser.add_argument("--shipped-steps", action="store_true",
+                        help="run with the workflows' own step counts (slower; the thumbnails show what a user gets)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
         prepare_server(server, Path(tmp) / "models-src")
@@ -234,8 +237,9 @@ def main() -> None:
             if args.no_run:
                 continue
             prompt = convert_ui_to_api(ui, info)
-            lower_steps(prompt)
-            entry = server.run(prompt, timeout=600)
+            if not args.shipped_steps:
+                lower_steps(prompt)
+            entry = server.run(prompt, timeout=3600)
             saved = {str(n["id"]) for n in ui["nodes"] if n["type"] in ("SaveImage", "CLIFSaveImage")}
             images = [p for p in server.output_files(entry) if p.suffix == ".png"]  # previews too (training)
             images = [p for p in server.output_files({"outputs": {k: v for k, v in entry["outputs"].items()
