@@ -112,6 +112,7 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
     comfy_server._request("POST", "/settings/Comfy.TutorialCompleted", True)
     # Screenshots of whole graphs are zoomed out: keep node text drawn there (the editor hides it below 8 px).
     comfy_server._request("POST", "/settings/LiteGraph.Canvas.MinFontSizeForLOD", 1)
+    comfy_server._request("POST", "/settings/Comfy.Minimap.Visible", False)  # nothing over the group screenshots
     workflows = sorted(WORKFLOWS_DIR.glob("*.json"))
     assert any(p.stem == QUEUED for p in workflows)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,7 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
         diffs = _api_equal(loaded["prompt"], convert_ui_to_api(ui, info))
         assert not diffs, f"{name}: the editor and comfy-cli disagree:\n" + "\n".join(diffs)
         assert (ARTEFACTS / f"{name}.png").is_file()
+        assert len(loaded["groupShots"]) == len(ui["groups"]) and all((ARTEFACTS / f).is_file() for f in loaded["groupShots"])
     unexplained = _unexplained_errors(result["consoleErrors"], result["failedRequests"])
     assert not unexplained, ("console errors:\n" + "\n".join(map(str, unexplained))
                              + "\nfailed requests:\n" + "\n".join(map(str, result["failedRequests"])))

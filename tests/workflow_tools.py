@@ -288,9 +288,9 @@ def ensure_concept_file(server, base_choice: str, added: Optional[list] = None) 
     kind, name = base_choice.split("/", 1)
     source = server.models_dir / kind / name
     if not source.exists():  # the bundled sandbox model lives in the pack
-        from clif_core.demo import SANDBOX_BASE
+        from clif_core.models.bundled import SANDBOX_MODEL
 
-        source = SANDBOX_BASE / "diffusers"
+        source = SANDBOX_MODEL
     base = load_base_model(str(source))
     target.parent.mkdir(parents=True, exist_ok=True)
     save_concept_file(make_concept_file(base, names=("ada", "ida")), target)

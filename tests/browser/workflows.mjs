@@ -1,6 +1,6 @@
 // Loads workflows into a running ComfyUI's own frontend in headless Chromium and queues one from the UI.
 // Usage: node workflows.mjs <job.json>; job = {url, chromium, userDataDir, artefacts, workflows: [{name, path}],
-// queue: name, steps}. Prints one JSON line: {loaded: [{name, nodes, fileNodes, missingTypes, dialogs, prompt}],
+// queue: name, steps}. Prints one JSON line: {loaded: [{name, nodes, fileNodes, missingTypes, dialogs, prompt, groupShots}],
 // queued: {...}, consoleErrors: [...]}. Playwright-core drives the system Chromium (no browser download).
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -37,6 +37,33 @@ try {
       .filter((d) => d.offsetParent !== null || d.getClientRects().length)
       .map((d) => d.innerText.slice(0, 300)));
 
+  // One screenshot per group at (up to) full size, for the tutorial: the view moved so the group sits just
+  // inside the canvas's top-left corner, clear of the editor's floating menus.
+  const groupShots = async (name) => {
+    const count = await page.evaluate(() => (window.app.graph.groups ?? window.app.graph._groups ?? []).length);
+    const files = [];
+    for (let i = 0; i < count; i++) {
+      const clip = await page.evaluate(({ i }) => {
+        const canvas = window.app.canvas;
+        const group = (window.app.graph.groups ?? window.app.graph._groups)[i];
+        const [x, y, w, h] = group._bounding ?? [...group.pos, ...group.size];
+        const rect = canvas.canvas.getBoundingClientRect();
+        const margin = [70, 150];  // below the floating workflow-name box
+        const scale = Math.min(1, (rect.width - 2 * margin[0]) / w, (rect.height - 2 * margin[1]) / h);
+        canvas.ds.scale = scale;
+        canvas.ds.offset = [margin[0] / scale - x, margin[1] / scale - y];
+        canvas.setDirty(true, true);
+        canvas.draw(true, true);
+        return { x: rect.left + margin[0] - 4, y: rect.top + margin[1] - 4, width: w * scale + 8, height: h * scale + 8 };
+      }, { i });
+      await page.waitForTimeout(200);
+      const file = `${name}.group${i + 1}.png`;
+      await page.screenshot({ path: path.join(job.artefacts, file), clip });
+      files.push(file);
+    }
+    return files;
+  };
+
   for (const wf of job.workflows) {
     const data = JSON.parse(readFileSync(wf.path, "utf8"));
     phase = `load ${wf.name}`;
@@ -55,6 +82,7 @@ try {
     info.name = wf.name;
     info.fileNodes = data.nodes.length;
     await page.screenshot({ path: path.join(job.artefacts, `${wf.name}.png`) });
+    info.groupShots = await groupShots(wf.name);
     result.loaded.push(info);
   }
 
