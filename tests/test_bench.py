@@ -80,7 +80,7 @@ def test_erase_smoke_table_has_every_method_and_metric(setup: dict[str, Path]) -
     rows = _table_rows(paths["table"].read_text(encoding="utf-8"))
     assert rows.pop("__header__") == [title for _, title in erasure.METRICS]
     models = ("original", *erasure.METHODS)
-    labels = ["shape circle → square", "colour red", "character zed"]
+    labels = ["shape circle -> square", "colour red", "character zed"]
     assert sorted(rows) == sorted(f"{t}: {erasure.METHOD_TITLES[m]}" for t in labels for m in models)
     keys = [k for k, _ in erasure.METRICS]
     for name, cells in rows.items():

@@ -79,7 +79,7 @@ class Target:
     alternative: Optional[str] = None
 
     def label(self) -> str:
-        return f"{self.kind} {self.value}" + (f" → {self.alternative}" if self.alternative else "")
+        return f"{self.kind} {self.value}" + (f" -> {self.alternative}" if self.alternative else "")
 
 
 def parse_targets(text: str, characters: Any) -> list[Target]:
