@@ -42,7 +42,16 @@ from clif_core.sandbox.attributes import (
     TEXTURES,
 )
 from clif_core.sandbox.render import Render, render_scene
-from clif_core.sandbox.scene import Background, Detail, Figure, Part, Placed, Scene, Thing, describe
+from clif_core.sandbox.scene import (
+    Background,
+    Detail,
+    Figure,
+    Part,
+    Placed,
+    Scene,
+    Thing,
+    describe,
+)
 from clif_core.sandbox.world import WorldConfig, compose, fit
 
 SPEC_FORMAT = "clif-sandbox-characters"

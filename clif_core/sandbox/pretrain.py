@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from clif_core.errors import Cancelled, ClifError
 from clif_core.fileio import atomic_dir, save_safetensors_atomic, write_text_atomic
@@ -42,11 +41,19 @@ from clif_core.sandbox.model_arch import (
     tokenizer,
 )
 from clif_core.sandbox.pretrain_data import WorldSet, build_world_set
+from clif_core.sandbox.pretrain_losses import (
+    CLIP_MEAN,
+    CLIP_STD,
+    clip_loss,
+    latent_moments,
+    pixels,
+    text_contexts,
+    unet_loss,
+    vae_loss,
+)
 
 STAGES = ("vae", "clip", "unet")
 CHECKPOINT = "checkpoint"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _INIT_SEEDS = {"vae": 11, "text": 23, "vision": 37, "unet": 41}
 
 
@@ -240,18 +247,6 @@ def _lr_lambda(stage: StageConfig) -> Callable[[int], float]:
     return factor
 
 
-def _pixels(world: WorldSet, idx: torch.Tensor) -> torch.Tensor:
-    return world.images[idx].float() / 127.5 - 1.0
-
-
-def _caption_ids(world: WorldSet, idx: torch.Tensor, cfg: PretrainConfig, gen: torch.Generator, negatives: bool = False):
-    variant = (torch.rand(len(idx), generator=gen, device=gen.device) >= cfg.p_background_caption).long()
-    ids = world.ids[idx, variant]
-    if negatives:
-        return ids, world.negative_ids[idx, variant]
-    return ids
-
-
 class _Trainer:
     """Runs one stage's steps with checkpoints, a time limit, progress and cancel."""
 
@@ -276,17 +271,23 @@ class _Trainer:
         opt = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.01)
         lr_factor = _lr_lambda(stage)
         training_file = (_checkpoint_dir(self.work) or self.work / CHECKPOINT) / "training.pt"
+        rewarm_from = None  # a resume without optimizer state restarts Adam: ramp the learning rate up again
         if self.state.step > 0 and training_file.is_file():
             saved = torch.load(training_file, map_location=self.device, weights_only=True)
             opt.load_state_dict(saved["optimizer"])
             self.gen.set_state(saved["generator"].cpu())
+        elif self.state.step > 0:
+            rewarm_from = self.state.step
         started, cpu_started = time.time(), time.process_time()
         last_save = started
         losses: list[float] = []
         name = self.state.stage
         while self.state.step < stage.steps:
+            factor = lr_factor(self.state.step)
+            if rewarm_from is not None:
+                factor *= min(1.0, (self.state.step - rewarm_from + 1) / max(1, stage.warmup))
             for group in opt.param_groups:
-                group["lr"] = stage.lr * lr_factor(self.state.step)
+                group["lr"] = stage.lr * factor
             with _autocast(self.device):
                 loss = loss_fn(self.gen)
             if not torch.isfinite(loss):
@@ -400,14 +401,7 @@ def _train_vae(t: _Trainer, world: WorldSet) -> bool:
     vae = modules["vae"] if "vae" in modules else _fresh("vae", cfg.arch, cfg.seed).to(t.device)
     vae.train()
 
-    def loss_fn(gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(world), (stage.batch_size,), generator=gen, device=gen.device)
-        x = _pixels(world, idx)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=gen.device)
-        recon = vae.decode(z).sample
-        return F.l1_loss(recon.float(), x) + cfg.kl_weight * posterior.kl().mean()
-
+    loss_fn = vae_loss(vae, world, stage.batch_size, cfg.kl_weight)
     done = t.run([{"params": list(vae.parameters())}], loss_fn, lambda: ({"vae": vae}, {}))
     if done:
         t.state.scaling_factor = _scaling_factor(vae, world, t.device)
@@ -423,15 +417,8 @@ def _scaling_factor(vae, world: WorldSet, device: torch.device, n: int = 4096) -
     for i in range(0, min(n, len(world)), 256):
         idx = torch.arange(i, min(i + 256, len(world), n), device=device)
         with _autocast(device):
-            samples.append(vae.encode(_pixels(world, idx)).latent_dist.sample().float())
+            samples.append(vae.encode(pixels(world, idx)).latent_dist.sample().float())
     return float(1.0 / torch.cat(samples).std())
-
-
-def _normalise_for_vision(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] pixels → CLIP's normalisation (what CLIPImageProcessor gives for a 64×64 image)."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x + 1) / 2 - mean) / std
 
 
 def _train_clip(t: _Trainer, world: WorldSet) -> bool:
@@ -450,17 +437,7 @@ def _train_clip(t: _Trainer, world: WorldSet) -> bool:
     # No weight decay on the token table: rows of tokens the world never uses stay exactly as initialised.
     params = [{"params": [embedding], "weight_decay": 0.0}, {"params": others}, {"params": [logit_scale], "weight_decay": 0.0}]
 
-    def loss_fn(gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(world), (stage.batch_size,), generator=gen, device=gen.device)
-        ids, neg = _caption_ids(world, idx, cfg, gen, negatives=True)
-        texts = F.normalize(text(input_ids=torch.cat([ids, neg])).pooler_output.float(), dim=-1)
-        images = F.normalize(vision(pixel_values=_normalise_for_vision(_pixels(world, idx))).image_embeds.float(), dim=-1)
-        scale = logit_scale.clamp(max=math.log(100.0)).exp()
-        b = len(idx)
-        target = torch.arange(b, device=images.device)
-        image_to_text = scale * images @ texts.T  # [B, 2B]: captions and their hard negatives
-        text_to_image = scale * texts[:b] @ images.T
-        return (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
+    loss_fn = clip_loss(text, vision, logit_scale, world, stage.batch_size, cfg.p_background_caption)
 
     def save():
         return {"vae": modules["vae"], "text": text, "vision": vision}, {"vision": {"logit_scale": logit_scale.detach()}}
@@ -486,31 +463,15 @@ def _train_unet(t: _Trainer, world: WorldSet) -> bool:
         ema.shadow_params = [p.detach().clone() for p in modules["unet_ema"].parameters()]
     ema.optimization_step = t.state.step  # one EMA update per training step
     noise_schedule = DDPMScheduler.from_config(scheduler_config())
-    alphas = noise_schedule.alphas_cumprod.to(t.device)
 
-    t.reporter.log("encoding the training set with the VAE ...")
-    moments = _latent_moments(vae, world, t.device)
-    sf = float(t.state.scaling_factor)
-
-    def loss_fn(gen: torch.Generator) -> torch.Tensor:
-        b = stage.batch_size
-        idx = torch.randint(len(world), (b,), generator=gen, device=gen.device)
-        mean, logvar = moments[idx].float().chunk(2, dim=1)
-        eps = torch.randn(mean.shape, generator=gen, device=gen.device)
-        latents = (mean + torch.exp(0.5 * logvar) * eps) * sf
-        ids = _caption_ids(world, idx, cfg, gen)
-        drop = torch.rand(b, generator=gen, device=gen.device) < cfg.text_dropout
-        ids = torch.where(drop[:, None], world.empty_ids[None, :], ids)
-        with torch.no_grad():
-            context = text(input_ids=ids).last_hidden_state
-        steps = torch.randint(0, noise_schedule.config.num_train_timesteps, (b,), generator=gen, device=gen.device)
-        noise = torch.randn(latents.shape, generator=gen, device=gen.device)
-        noisy = noise_schedule.add_noise(latents, noise, steps)
-        target = noise_schedule.get_velocity(latents, noise, steps)
-        pred = unet(noisy, steps, encoder_hidden_states=context).sample.float()
-        snr = alphas[steps] / (1 - alphas[steps])
-        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
-        return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+    t.reporter.log("encoding the training set with the VAE and the frozen text encoder ...")
+    with _autocast(t.device):
+        moments = latent_moments(vae, world)
+        contexts = text_contexts(text, world)
+    loss_fn = unet_loss(
+        unet, noise_schedule, moments, contexts, float(t.state.scaling_factor), stage.batch_size,
+        cfg.p_background_caption, cfg.text_dropout, cfg.min_snr_gamma,
+    )
 
     def ema_module() -> torch.nn.Module:
         shadow = _fresh("unet", cfg.arch, cfg.seed)
@@ -527,17 +488,6 @@ def _train_unet(t: _Trainer, world: WorldSet) -> bool:
     return done
 
 
-@torch.no_grad()
-def _latent_moments(vae, world: WorldSet, device: torch.device) -> torch.Tensor:
-    """The VAE posterior's mean and log-variance of every training image, [N, 8, 16, 16] float16 on the device."""
-    out = []
-    for i in range(0, len(world), 512):
-        idx = torch.arange(i, min(i + 512, len(world)), device=device)
-        with _autocast(device):
-            out.append(vae.encode(_pixels(world, idx)).latent_dist.parameters.half())
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------------- export
 
 
@@ -548,10 +498,13 @@ class SandboxPaths:
 
 
 def export_model(
-    work_dir: Union[str, Path], out_dir: Union[str, Path], notes: Optional[dict] = None
+    work_dir: Union[str, Path], out_dir: Union[str, Path], notes: Optional[dict] = None, unfinished: bool = False
 ) -> SandboxPaths:
     """Write the finished model as `out_dir/diffusers` (what `load_base_model` loads) and `out_dir/vision` (the
-    matching vision tower), weights in float16; `out_dir/diffusers/sandbox_model.json` records how it was made."""
+    matching vision tower), weights in float16; `out_dir/diffusers/sandbox_model.json` records how it was made.
+
+    `unfinished=True` exports the EMA weights of a UNet stage still in progress (a point of the learning curve);
+    its record says at which step."""
     from transformers import CLIPImageProcessor
 
     from clif_core.models.loader import assemble_base_model, scheduler_from_config
@@ -559,10 +512,14 @@ def export_model(
 
     work = Path(work_dir)
     state = load_state(work)
-    if state is None or not state.done:
+    in_unet = state is not None and state.stage == "unet" and (_checkpoint_dir(work) / "unet_ema.safetensors").is_file()
+    if state is None or not (state.done or (unfinished and in_unet)):
         where = "nothing yet" if state is None else f"stage {state.stage} step {state.step}"
-        raise ClifError(f"{work}: pretraining is not finished ({where}); run `clif sandbox pretrain` again first")
+        need = "a UNet checkpoint" if unfinished else "the end of pretraining"
+        raise ClifError(f"{work}: pretraining has not reached {need} ({where}); run `clif sandbox pretrain` again first")
     cfg = config_from_json(state.config)
+    if not state.done:
+        notes = {**(notes or {}), "unfinished": {"stage": state.stage, "step": state.step, "of": cfg.unet.steps}}
     modules, extras = _load_all(work, cfg, torch.device("cpu"))
     vae = modules["vae"]
     vae.register_to_config(scaling_factor=float(state.scaling_factor))

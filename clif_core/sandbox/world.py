@@ -31,7 +31,17 @@ from clif_core.sandbox.attributes import (
 )
 from clif_core.sandbox.geometry import extent
 from clif_core.sandbox.render import Render, render_scene
-from clif_core.sandbox.scene import Background, Detail, Figure, Part, Placed, Placement, Scene, Shape, Thing
+from clif_core.sandbox.scene import (
+    Background,
+    Detail,
+    Figure,
+    Part,
+    Placed,
+    Placement,
+    Scene,
+    Shape,
+    Thing,
+)
 
 MARGIN = 1.0  # pixels kept free at the image border and on each side of the middle line
 SLOT_X = {"left": IMAGE_SIZE * 0.25, "right": IMAGE_SIZE * 0.75, "center": IMAGE_SIZE * 0.5}

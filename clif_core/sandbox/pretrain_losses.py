@@ -1,0 +1,146 @@
+"""The three pretraining stages' losses, one call per optimizer step, written for the CPU as much as the GPU.
+
+Each builder returns `loss(gen) -> scalar` over a batch drawn from the pre-rendered `WorldSet` with `gen`,
+so the training loop and `benchmarks/pretrain_cpu.py` time the very same step. What makes them cheap:
+
+- **UNet**: the text encoder is frozen in this stage, so its output for every training caption is computed
+  once (`text_contexts`) and looked up per step instead of re-running the encoder on 64 × 77 tokens; the
+  VAE's latent moments are likewise computed once (`latent_moments`).
+- **CLIP**: captions are padded with end-of-text tokens and the text encoder is causal with the pooled
+  output taken at the first end-of-text token, so the tokens after the batch's longest caption cannot
+  change the loss; they are cut off (about 77 → 40 positions).
+
+Random draws happen in the same order as the step they replaced, so a seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from clif_core.sandbox.pretrain_data import WorldSet
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EOS_ID = 49407
+
+Loss = Callable[[torch.Generator], torch.Tensor]
+
+
+def pixels(world: WorldSet, idx: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float pixels in [-1, 1]."""
+    return world.images[idx].float() / 127.5 - 1.0
+
+
+def caption_variant(n: int, p_background: float, gen: torch.Generator) -> torch.Tensor:
+    """Per image, 0 (caption naming the background) or 1 (without), the first with probability `p_background`."""
+    return (torch.rand(n, generator=gen, device=gen.device) >= p_background).long()
+
+
+def normalise_for_vision(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] pixels → CLIP's normalisation (what CLIPImageProcessor gives for a 64×64 image)."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Cut end-of-text padding after the longest caption of the batch (its first end-of-text token kept)."""
+    first_eos = (ids == EOS_ID).int().argmax(dim=-1)
+    return ids[:, : int(first_eos.max()) + 1]
+
+
+def vae_loss(vae: Any, world: WorldSet, batch_size: int, kl_weight: float) -> Loss:
+    """L1 reconstruction of a sampled latent + a small KL term."""
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(world), (batch_size,), generator=gen, device=gen.device)
+        x = pixels(world, idx)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=gen.device)
+        recon = vae.decode(z).sample
+        return F.l1_loss(recon.float(), x) + kl_weight * posterior.kl().mean()
+
+    return loss
+
+
+def clip_loss(
+    text: Any, vision: Any, logit_scale: torch.Tensor, world: WorldSet, batch_size: int, p_background: float
+) -> Loss:
+    """Symmetric InfoNCE; each image also scores its hard-negative caption (objects swapped, an attribute changed)."""
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(world), (batch_size,), generator=gen, device=gen.device)
+        variant = caption_variant(batch_size, p_background, gen)
+        ids = trim_padding(torch.cat([world.ids[idx, variant], world.negative_ids[idx, variant]]))
+        texts = F.normalize(text(input_ids=ids).pooler_output.float(), dim=-1)
+        images = F.normalize(vision(pixel_values=normalise_for_vision(pixels(world, idx))).image_embeds.float(), dim=-1)
+        scale = logit_scale.clamp(max=math.log(100.0)).exp()
+        b = len(idx)
+        target = torch.arange(b, device=images.device)
+        image_to_text = scale * images @ texts.T  # [B, 2B]: captions and their hard negatives
+        text_to_image = scale * texts[:b] @ images.T
+        return (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
+
+    return loss
+
+
+@torch.no_grad()
+def text_contexts(text: Any, world: WorldSet, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen text encoder's last hidden state for every caption variant, [N, 2, 77, W], and for the
+    empty prompt, [77, W]."""
+    n = len(world)
+    flat = world.ids.view(n * 2, -1)
+    out = torch.cat([text(input_ids=flat[i : i + chunk]).last_hidden_state for i in range(0, len(flat), chunk)])
+    empty = text(input_ids=world.empty_ids[None]).last_hidden_state[0]
+    return out.view(n, 2, *out.shape[1:]), empty
+
+
+@torch.no_grad()
+def latent_moments(vae: Any, world: WorldSet, chunk: int = 512) -> torch.Tensor:
+    """The VAE posterior's mean and log-variance of every training image, [N, 8, 16, 16] float16."""
+    out = []
+    for i in range(0, len(world), chunk):
+        idx = torch.arange(i, min(i + chunk, len(world)), device=world.images.device)
+        out.append(vae.encode(pixels(world, idx)).latent_dist.parameters.half())
+    return torch.cat(out)
+
+
+def unet_loss(
+    unet: Any,
+    noise_schedule: Any,
+    moments: torch.Tensor,
+    contexts: tuple[torch.Tensor, torch.Tensor],
+    scaling_factor: float,
+    batch_size: int,
+    p_background: float,
+    text_dropout: float,
+    min_snr_gamma: float,
+) -> Loss:
+    """v-prediction with min-SNR-γ weighting; `text_dropout` of the captions replaced by the empty prompt."""
+    captions, empty = contexts
+    alphas = noise_schedule.alphas_cumprod.to(moments.device)
+    n_timesteps = noise_schedule.config.num_train_timesteps
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
+        b = batch_size
+        idx = torch.randint(len(moments), (b,), generator=gen, device=gen.device)
+        mean, logvar = moments[idx].float().chunk(2, dim=1)
+        eps = torch.randn(mean.shape, generator=gen, device=gen.device)
+        latents = (mean + torch.exp(0.5 * logvar) * eps) * scaling_factor
+        variant = caption_variant(b, p_background, gen)
+        drop = torch.rand(b, generator=gen, device=gen.device) < text_dropout
+        context = torch.where(drop[:, None, None], empty[None], captions[idx, variant])
+        steps = torch.randint(0, n_timesteps, (b,), generator=gen, device=gen.device)
+        noise = torch.randn(latents.shape, generator=gen, device=gen.device)
+        noisy = noise_schedule.add_noise(latents, noise, steps)
+        target = noise_schedule.get_velocity(latents, noise, steps)
+        pred = unet(noisy, steps, encoder_hidden_states=context).sample.float()
+        snr = alphas[steps] / (1 - alphas[steps])
+        weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
+        return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    return loss
