@@ -35,8 +35,10 @@ def test_stop_resume_export_and_load(tmp_path):
     state = load_state(work)
     assert (state.stage, state.step) == ("clip", 2)  # 3 VAE steps, then 2 of CLIP
     assert (work / "checkpoint" / "training.pt").is_file()
-    with pytest.raises(ClifError, match="not finished"):
+    with pytest.raises(ClifError, match="has not reached the end of pretraining"):
         export_model(work, tmp_path / "model")
+    with pytest.raises(ClifError, match="has not reached a UNet checkpoint"):
+        export_model(work, tmp_path / "model", unfinished=True)
 
     resumed = []
     state = _run(work, reporter=Reporter(progress=lambda s, t, p=None: resumed.append(s), log=lambda m: None))

@@ -4,7 +4,7 @@
     clif sandbox characters --out concepts/ --n 5
     clif sandbox oracle-train --out clif_core/sandbox/weights/oracle/oracle.safetensors
     clif sandbox oracle-eval [--model clif_core/sandbox/weights/base/diffusers]
-    clif sandbox pretrain --preset gpu --work .sandbox-pretrain --max-minutes 9 --export out/sandbox
+    clif sandbox pretrain --preset cpu --work .sandbox-cpu --max-minutes 170 --export out/sandbox
 """
 
 from __future__ import annotations
@@ -51,20 +51,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     oe = sub.add_parser("oracle-eval", help="oracle accuracy on fresh renders; with --model, a model's prompt following")
     oe.add_argument("--weights", type=Path, default=None, help="oracle weights (default: the committed ones)")
-    oe.add_argument("--n", type=int, default=2000, help="fresh renders to score the oracle on")
+    oe.add_argument("--n", type=int, default=2000, help="fresh renders to score the oracle on (0: skip)")
     oe.add_argument("--seed", type=int, default=0)
     oe.add_argument("--model", type=Path, default=None, help="a sandbox base model (diffusers folder) to score")
     oe.add_argument("--prompts-per-set", type=int, default=100, help="prompts per set (one object, two, figures)")
+    oe.add_argument("--characters", type=int, default=0,
+                    help="with --model: also draw each shipped character from its caption this many times")
     oe.add_argument("--steps", type=int, default=30)
     oe.add_argument("--guidance", type=float, default=5.0)
     oe.add_argument("--grid", type=Path, default=None, help="with --model: write a PNG grid of the first images")
     oe.add_argument("--threads", type=int, default=None)
     oe.add_argument("--report", type=Path, default=None)
+    oe.add_argument("--curve", type=Path, default=None,
+                    help="with --model: add this result as a point of a learning curve (JSON; a PNG is drawn beside it)")
     oe.set_defaults(func=_oracle_eval)
 
     pt = sub.add_parser("pretrain", help="pretrain the sandbox base model (resumes from --work)")
     pt.add_argument("--work", type=Path, required=True, help="checkpoint folder; run again with the same options to resume")
-    pt.add_argument("--preset", choices=["gpu", "cpu-smoke", "test"], default="gpu")
+    pt.add_argument("--preset", choices=["cpu", "gpu", "cpu-smoke", "test"], default="cpu")
     pt.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     pt.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
     pt.add_argument("--checkpoint-dtype", choices=["float32", "float16"], default=None,
@@ -72,6 +76,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     pt.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores, at most 16)")
     pt.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     pt.add_argument("--export", type=Path, default=None, help="when finished, write diffusers/ and vision/ here")
+    pt.add_argument("--snapshot", type=Path, default=None,
+                    help="train nothing: write the UNet stage's current EMA weights as a model here (a learning-curve point)")
     pt.set_defaults(func=_pretrain)
     return p
 
@@ -166,9 +172,9 @@ def _oracle_eval(args: argparse.Namespace) -> int:
     _threads(args)
     oracle = Oracle.load(args.weights)
     start = EVAL_SEED_BASE + 50_000_000 + args.seed * 1_000_000  # not the range the training report used
-    report: dict[str, Any] = {
-        "oracle": {"renders": evaluate(oracle, start, args.n), "augmented": evaluate(oracle, start, args.n, augmented=True)}
-    }
+    report: dict[str, Any] = {}
+    if args.n > 0:
+        report["oracle"] = {"renders": evaluate(oracle, start, args.n), "augmented": evaluate(oracle, start, args.n, augmented=True)}
     if args.model is not None:
         from clif_core.models.loader import load_base_model
         from clif_core.sandbox.prompt_following import image_grid, prompt_following
@@ -179,12 +185,23 @@ def _oracle_eval(args: argparse.Namespace) -> int:
             reporter=tqdm_reporter("sampling"),
         )
         report["prompt_following"] = result
+        if args.characters > 0:
+            from clif_core.sandbox.prompt_following import character_following
+
+            report["characters"], _ = character_following(
+                base, oracle, n_per_character=args.characters, seed=args.seed, steps=args.steps,
+                guidance=args.guidance, reporter=tqdm_reporter("characters"),
+            )
         if args.grid is not None:
             import numpy as np
 
             first = np.concatenate([im[:16] for im in images.values()])
             with atomic_path(args.grid) as tmp:
                 image_grid(first).save(tmp, format="PNG")
+    if args.curve is not None and args.model is not None:
+        from clif_core.sandbox.learning_curve import add_point
+
+        add_point(args.curve, args.model, report)
     text = json.dumps(report, indent=1)
     if args.report:
         write_text_atomic(args.report, text + "\n")
@@ -194,9 +211,18 @@ def _oracle_eval(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
-    from clif_core.sandbox.pretrain import PRESETS, export_model, pretrain, with_overrides
+    from clif_core.sandbox.pretrain import (
+        PRESETS,
+        export_model,
+        pretrain,
+        with_overrides,
+    )
 
     _threads(args)
+    if args.snapshot is not None:
+        paths = export_model(args.work, args.snapshot, unfinished=True)
+        print(f"diffusers folder: {paths.diffusers_dir}\nvision tower: {paths.vision_dir}")
+        return 0
     cfg = with_overrides(PRESETS[args.preset], checkpoint_dtype=args.checkpoint_dtype)
     state = pretrain(
         cfg, args.work, device=args.device, max_minutes=args.max_minutes, render_workers=args.workers,
