@@ -110,14 +110,16 @@ def _purify(args: argparse.Namespace) -> int:
 
     from clif_core.cli import tqdm_reporter
     from clif_core.fileio import atomic_path
+    from clif_core.images import open_picture
     from clif_core.models.loader import load_base_model
 
     from .patch import load_erasure_patch
     from .purify import purify
 
+    image = open_picture(args.image, "--image")
     base = load_base_model(args.base, device=args.device)
     patch = load_erasure_patch(args.patch, base, allow_other_base=args.allow_other_base, warn=print)
-    result = purify(base, patch, Image.open(args.image), prompt=args.prompt, steps=args.steps,
+    result = purify(base, patch, image, prompt=args.prompt, steps=args.steps,
                     strength=args.strength, guidance_scale=args.guidance_scale,
                     allow_other_base=args.allow_other_base, reporter=tqdm_reporter("purify"))
     with atomic_path(args.out) as tmp:
