@@ -30,6 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ClifError
 from ..images import MIN_SIDE, PictureRefused, check_min_side, guarded_open
 from ..progress import SILENT, Reporter
+from .file_format import embedding_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_FOLDER = "masks"
@@ -247,6 +248,7 @@ def read_image_folder(
 def _check_names(name: str, token: str, class_word: str, parts: Sequence[str]) -> None:
     if not name or not name.strip():
         raise ClifError("concept name is empty; give each concept a name.")
+    embedding_name(name)  # a name such as '..' (a folder's) cannot name the concept's files: refused before work
     if not token or not token.strip() or any(c.isspace() for c in token):
         raise ClifError(
             f"concept {name!r}: placeholder token {token!r} must be one word without spaces, e.g. '<{name}>'."
