@@ -388,7 +388,10 @@ def concept_set_from_metadata(meta: Mapping[str, str], where: str) -> tuple[Conc
         kind=_required(meta, "clif.kind", where),
         metadata=_loads(meta, "clif.metadata", where, dict),
     )
-    lora_keys.text_keys(cf.base_family)  # an unknown family is refused here, with its name
+    try:
+        lora_keys.text_keys(cf.base_family)
+    except ClifError as err:
+        raise ClifError(f"{where}: metadata 'clif.base_family': {err}") from None
     return cf, concepts
 
 
