@@ -128,8 +128,10 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
 # --------------------------------------------------------------------------------------------------- paths
 
 
-def inside_folder(folder: str | os.PathLike, relative: Any, where: str) -> Path:
-    """`folder / relative` when it stays inside `folder` (after resolving `..` and links); else ClifError.
+def inside_folder(folder: str | os.PathLike, relative: Any, where: str,
+                  start: Optional[str | os.PathLike] = None) -> Path:
+    """`start / relative` (`start` defaults to `folder`) when it stays inside `folder` after resolving `..` and
+    links; else ClifError.
 
     `relative` comes from a user's file (`where` names the file and field): an absolute path, `..` or a link
     leading out of the folder is refused before anything is read or written.
@@ -137,7 +139,7 @@ def inside_folder(folder: str | os.PathLike, relative: Any, where: str) -> Path:
     if not isinstance(relative, str) or not relative or "\0" in relative:
         raise ClifError(f"{where} is {relative!r}; give a relative path inside {folder}")
     root = Path(folder).resolve()
-    target = (root / relative).resolve()
+    target = (Path(start).resolve() if start is not None else root).joinpath(relative).resolve()
     if Path(relative).is_absolute() or target == root or root not in target.parents:
         raise ClifError(
             f"{where} is {relative!r}, which leads outside {folder}; only names inside that folder are accepted"

@@ -377,7 +377,7 @@ def load_dataset(folder: str | Path) -> AugmentedDataset:
         record = SampleRecord.from_json(parse_json(line, dict, where, fix), where)
         inside_folder(root / SPLIT, record.file_name, f"{where}: file_name")
         for i, slot in enumerate(record.slots):
-            inside_folder(root, f"{SPLIT}/{slot.mask}", f"{where}: slot {i} mask")
+            inside_folder(root, slot.mask, f"{where}: slot {i} mask", start=root / SPLIT)
         records.append(record)
     ds = AugmentedDataset(root, manifest, records)
     missing = [str(p) for i in range(len(ds)) for p in [ds.image_path(i), *ds.mask_paths(i)] if not p.is_file()]

@@ -114,7 +114,7 @@ def _purify(args: argparse.Namespace) -> int:
 
     from clif_core.cli import tqdm_reporter
     from clif_core.fileio import atomic_path
-    from clif_core.images import open_picture
+    from clif_core.images import check_min_side, open_picture
     from clif_core.validation import refuse_existing
     from clif_core.models.loader import load_base_model
 
@@ -123,6 +123,7 @@ def _purify(args: argparse.Namespace) -> int:
 
     refuse_existing([args.out], args.overwrite)
     image = open_picture(args.image, "--image")
+    check_min_side(image.size, f"--image {args.image}")  # before the model loads; purify() applies the same rule
     base = load_base_model(args.base, device=args.device)
     patch = load_erasure_patch(args.patch, base, allow_other_base=args.allow_other_base, warn=print)
     result = purify(base, patch, image, prompt=args.prompt, steps=args.steps,

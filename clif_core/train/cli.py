@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..concepts.file_format import load_concept_file, save_concept_file
     from ..models.loader import load_base_model
     from ..progress import Reporter
+    from .data import open_dataset
     from .loop import make_accelerator
 
     if args.stage == "both":
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         config.check()
     if args.out:
         refuse_existing([args.out], args.overwrite)
+    open_dataset(args.dataset)  # a broken or hostile dataset is refused before the model loads
     accelerator = make_accelerator(configs[0].loop, torch.device(args.device) if args.device else None)
     cli_reporter = tqdm_reporter(f"clif train {args.stage}")  # also turns Ctrl-C into a clean stop
     reporter = cli_reporter if accelerator.is_main_process else Reporter(should_stop=cli_reporter.should_stop,

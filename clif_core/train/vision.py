@@ -185,7 +185,7 @@ def _from_file(path: Path) -> VisionTower:
     try:
         model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
         image_size = int(config.get("image_size", model.config.image_size))
-    except (TypeError, ValueError, AttributeError) as err:
+    except Exception as err:  # transformers' config validation raises its own classes (e.g. StrictDataclassError)
         raise ClifError(f"{where}: metadata {CONFIG_METADATA_KEY!r} is not a CLIP vision config ({err}); write it "
                         "with save_vision_tower_file or remove the key") from None
     own = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
