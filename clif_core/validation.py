@@ -178,7 +178,8 @@ def parse_json(text: bytes | str, expected: type, where: str, fix: str) -> Any:
     except ValueError as err:
         raise ClifError(f"{where} is not valid JSON ({err}); {fix}") from None
     if not isinstance(value, expected):
-        raise ClifError(f"{where} holds a JSON {_json_type(value)} where a JSON {_json_type(expected())} belongs; {fix}")
+        raise ClifError(
+            f"{where} holds a JSON {_json_type(value)} where a JSON {_json_type(expected())} belongs; {fix}")
     return value
 
 

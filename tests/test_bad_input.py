@@ -497,8 +497,9 @@ def test_bad_vision_tower_configs_are_named(tiny_sd1, tmp_path, case):
 
 @pytest.mark.parametrize("metadata", ["not json", "[]", '{"hidden_size": "wide"}'])
 def test_bad_vision_tower_file_metadata_is_named(tiny_sd1, tmp_path, metadata):
-    from clif_core.train.vision import CONFIG_METADATA_KEY, load_vision_tower, save_vision_tower_file
     from transformers import CLIPVisionModelWithProjection
+
+    from clif_core.train.vision import CONFIG_METADATA_KEY, load_vision_tower, save_vision_tower_file
 
     model = CLIPVisionModelWithProjection.from_pretrained(tiny_sd1.vision_dir, local_files_only=True)
     path = save_vision_tower_file(model, tmp_path / "tower.safetensors")

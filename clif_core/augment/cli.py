@@ -52,10 +52,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--region", dest="n_region", type=COUNT, default=40, help="Region samples (part + common or part)")
     p.add_argument("--mix", dest="n_mix", type=COUNT, default=20, help="Mix samples (two concepts)")
     p.add_argument("--single", dest="n_single", type=COUNT, default=10, help="single-concept samples")
-    p.add_argument("--parts", dest="n_parts", type=cli_int(1, 12), default=4, help="parts per concept when no names are given")
+    p.add_argument("--parts", dest="n_parts", type=cli_int(1, 12), default=4,
+                   help="parts per concept when no names are given")
     p.add_argument("--layout", choices=["left_right", "top_bottom", "both"], default="left_right")
     p.add_argument("--one-order", action="store_true", help="do not repeat each pair in the swapped slot order")
-    p.add_argument("--min-side", type=cli_int(MIN_SIDE, 2048), default=MIN_SIDE, help="smallest accepted picture side in pixels")
+    p.add_argument("--min-side", type=cli_int(MIN_SIDE, 2048), default=MIN_SIDE,
+                   help="smallest accepted picture side in pixels")
     p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
     p.set_defaults(func=run)
     return p

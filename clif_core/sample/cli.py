@@ -37,9 +37,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--concepts", action="append", default=[], metavar="FILE[:STRENGTH]", type=parse_concept_arg,
                    help="a concept file or erasure patch, optionally with a LoRA strength (default 1); repeat")
-    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0,
+                   help="seed of the first image; image i uses seed + i")
     p.add_argument("--steps", type=cli_int(1, MAX_STEPS), default=30)
-    p.add_argument("--cfg", type=cli_float(0, MAX_GUIDANCE), default=7.0, help="classifier-free guidance scale (1 or less: off)")
+    p.add_argument("--cfg", type=cli_float(0, MAX_GUIDANCE), default=7.0,
+                   help="classifier-free guidance scale (1 or less: off)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
     p.add_argument("--width", type=cli_int(8, MAX_SIDE), help="default: the model's native size")
     p.add_argument("--height", type=cli_int(8, MAX_SIDE), help="default: the model's native size")

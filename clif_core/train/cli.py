@@ -70,7 +70,8 @@ def _stage2_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--prior-weight", type=cli_float(0, 10), default=0.0, help="prior preservation weight (0: off)")
     p.add_argument("--prior-images", type=cli_int(1, 1000), default=8, help="class images per class word")
     p.add_argument("--class-dir", help="class images as CLASS_DIR/<class word>/*.png (missing ones are generated)")
-    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20, help="sampling steps of previews/thumbnail (0: none)")
+    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20,
+                   help="sampling steps of previews/thumbnail (0: none)")
     p.add_argument("--preview-prompt", default="", help="default: the dataset's first Mix caption")
 
 

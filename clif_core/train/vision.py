@@ -103,10 +103,12 @@ def _from_folder(folder: Path) -> VisionTower:
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
         p = read_json(pre, dict, fix)
-        mean, std = (_three_numbers(p, key, default, pre) for key, default in (("image_mean", mean), ("image_std", std)))
+        mean, std = (_three_numbers(p, key, default, pre)
+                     for key, default in (("image_mean", mean), ("image_std", std)))
     if not any(folder.glob("*.safetensors")):
         raise ClifError(f"{folder} holds no .safetensors weights; pickled weights (pytorch_model.bin) are never "
-                        "loaded. Save the tower with save_pretrained(safe_serialization=True) or use a .safetensors file")
+                        "loaded. Save the tower with save_pretrained(safe_serialization=True) or use a .safetensors "
+                        "file")
     kind = config.get("model_type")
     if kind == "clip":
         full = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
