@@ -80,11 +80,11 @@ class SaveConceptFile(io.ComfyNode):
     @classmethod
     def execute(cls, concepts, filename: str, overwrite: bool) -> io.NodeOutput:
         from clif_core.concepts.file_format import save_concept_file
+        from clif_core.validation import refuse_existing
 
         register_model_folders()
         path = os.path.join(models_subdir(CONCEPTS_FOLDER), _checked_name(filename))
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} already exists: choose another filename or enable 'overwrite'.")
+        refuse_existing([path], overwrite, "enable 'overwrite'")
         save_concept_file(concepts, path)
         return io.NodeOutput(path, ui={"text": [path]})
 

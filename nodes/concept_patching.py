@@ -68,6 +68,13 @@ def apply_concept_file(model, clip, concept_file, strength_model: float, strengt
     """(MODEL, CLIP) with the concept file's LoRA and token embeddings applied; inputs are untouched."""
     import comfy.sd
 
+    from clif_core.concepts.file_format import validate
+    from clif_core.validation import check_strength
+
+    where = f"concept file {concept_file.display_title()!r}"
+    validate(concept_file, where)
+    check_strength(strength_model, f"strength_model of {where}")
+    check_strength(strength_clip, f"strength_clip of {where}")
     lora = {**concept_file.unet_lora, **concept_file.text_lora}
     if lora and (strength_model != 0 or strength_clip != 0):
         model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)

@@ -196,7 +196,10 @@ class ApplyErasurePatch(io.ComfyNode):
 
         from clif_core.erase.patch import check_is_patch, probe_mismatch
 
+        from clif_core.validation import check_strength
+
         check_is_patch(erasure_patch, f"erasure patch {erasure_patch.display_title()!r}")
+        check_strength(strength, f"strength of erasure patch {erasure_patch.display_title()!r}")
         probe = erasure_patch.metadata.get("unet_probe") or {}
         problem = probe_mismatch(erasure_patch, comfy_unet_weights(model, list(probe)))
         if problem is not None:

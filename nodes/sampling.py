@@ -21,6 +21,14 @@ def _options() -> tuple[list[str], list[str], float]:
     return list(SCHEDULERS), list(LAYOUTS) + PLACEMENTS, REGION_STRENGTH
 
 
+def _limits() -> dict[str, float]:
+    """The sampler's limits (clif_core.sample.config), so the widgets stop where the core would refuse."""
+    from clif_core.sample.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
+    from clif_core.validation import MAX_GUIDANCE, MAX_STRENGTH
+
+    return {"side": MAX_SIDE, "batch": MAX_BATCH, "steps": MAX_STEPS, "cfg": MAX_GUIDANCE, "strength": MAX_STRENGTH}
+
+
 def _region_inputs(strength: float, layouts: list[str], default: str) -> list:
     return [
         io.Combo.Input("layout", options=layouts, default=default,
@@ -58,7 +66,9 @@ class CLIFSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         schedulers, layouts, strength = _options()
-        strengths = [io.Float.Input(f"strength_{i}", default=1.0, min=-4.0, max=4.0, step=0.05,
+        limit = _limits()
+        strengths = [io.Float.Input(f"strength_{i}", default=1.0, min=-limit["strength"], max=limit["strength"],
+                                    step=0.05,
                                     tooltip=f"LoRA strength of concepts_{i}")
                      for i in range(1, CONCEPT_SLOTS + 1)]
         return io.Schema(
@@ -75,12 +85,12 @@ class CLIFSampler(io.ComfyNode):
                 io.String.Input("negative_prompt", multiline=True, default=""),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="seed of the first image; image i of the batch uses seed + i"),
-                io.Int.Input("steps", default=30, min=1, max=10000),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("steps", default=30, min=1, max=limit["steps"]),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=limit["cfg"], step=0.1, round=0.01),
                 io.Combo.Input("scheduler", options=schedulers, default="euler"),
-                io.Int.Input("width", default=512, min=16, max=8192, step=8),
-                io.Int.Input("height", default=512, min=16, max=8192, step=8),
-                io.Int.Input("batch_size", default=1, min=1, max=64),
+                io.Int.Input("width", default=512, min=16, max=limit["side"], step=8),
+                io.Int.Input("height", default=512, min=16, max=limit["side"], step=8),
+                io.Int.Input("batch_size", default=1, min=1, max=limit["batch"]),
                 *strengths,
                 *_region_inputs(strength, [REGION_OFF, *layouts], REGION_OFF),
                 *[ConceptsType.Input(f"concepts_{i}", optional=True) for i in range(1, CONCEPT_SLOTS + 1)],

@@ -273,7 +273,7 @@ def test_load_dataset_refuses_what_it_cannot_read(tmp_path, concepts, common):
     manifest["version"] = 1
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "train" / "metadata.jsonl").write_text('{"file_name": "images/000000.png"}\n')
-    with pytest.raises(ClifError, match=r"metadata\.jsonl line 1 is not a valid sample record"):
+    with pytest.raises(ClifError, match=r"metadata\.jsonl line 1: field 'slots' is missing"):
         load_dataset(root)
 
 

@@ -163,7 +163,7 @@ def test_erasure_kind_and_generic_metadata_round_trip(sd1, tmp_path):
     cf = make_concept_file(sd1, names=(), text_lora=False)
     cf.kind = "erasure"
     cf.title = ""
-    cf.metadata = {"pairs": [{"erased": "Van Gogh style", "alternative": "dry brushing"}], "eta": 1.0}
+    cf.metadata = {"erased": [{"target": "Van Gogh style", "alternative": "dry brushing"}], "eta": 1.0}
     loaded = load_concept_file(save_concept_file(cf, tmp_path / "e.safetensors"), sd1)
     assert loaded.kind == "erasure" and loaded.metadata == cf.metadata and loaded.concepts == []
     assert loaded.title == "CLIF erasure"  # an empty title is saved as a derived one
@@ -315,6 +315,14 @@ def test_fingerprint_mismatch_is_a_warning_not_an_error(sd1, tmp_path, caplog):
         (lambda cf: cf.concepts[0].embeddings.pop("clip_g"), "needs one per text encoder"),
         (lambda cf: cf.encoder_widths.update(clip_h=1024), "has the text encoders"),
         (lambda cf: setattr(cf, "kind", "patch"), "kind 'patch'"),
+        (lambda cf: setattr(cf, "kind", "erasure"), "must list its erased concepts"),
+        (lambda cf: (setattr(cf, "kind", "erasure"), cf.metadata.update(erased=[{"target": 3}])),
+         "entry 0 of clif.metadata 'erased'"),
+        (lambda cf: cf.concepts[0].embeddings["clip_l"].__setitem__((0, 0), float("nan")), "NaN or infinite"),
+        (lambda cf: cf.unet_lora.update({k: torch.tensor(float("inf")) for k in cf.unet_lora if k.endswith("alpha")}),
+         "alpha' holds NaN or infinite"),
+        (lambda cf: cf.unet_lora.update({k: v.to(torch.int8) for k, v in cf.unet_lora.items() if "lora_up" in k}),
+         "is int8; concept files hold float32, float16 or bfloat16 only"),
         (lambda cf: setattr(cf, "thumbnail", b"GIF89a"), "not a PNG"),
         (lambda cf: setattr(cf, "thumbnail", b"\x89PNG\r\n\x1a\n" + bytes(300_000)), "the limit is 256 KiB"),
         (lambda cf: setattr(cf, "recipe", {"when": object()}), "not JSON-serialisable"),

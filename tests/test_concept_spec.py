@@ -209,7 +209,7 @@ def test_concept_from_comfy_tensors():
     empty[1] = 0
     with pytest.raises(ClifError, match=r"masks\[1\] is empty"):
         concept_from_tensors("eve", "<eve>", "woman", images, empty)
-    with pytest.raises(ClifError, match=r"images are 72x32, below the minimum of 64"):
+    with pytest.raises(ClifError, match=r"each image is 72x32, below the minimum of 64"):
         concept_from_tensors("eve", "<eve>", "woman", torch.rand(1, 32, 72, 3))
     with pytest.raises(ClifError, match=r"NaN"):
         concept_from_tensors("eve", "<eve>", "woman", torch.full((1, 64, 64, 3), float("nan")))

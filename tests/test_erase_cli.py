@@ -36,11 +36,11 @@ def test_export_merge_and_purify_commands(tiny_sd1, patch_path, tmp_path, capsys
     assert main(["erase", "merge", "--base", str(tiny_sd1.single_file), "--patch", str(patch_path),
                  "--out", str(tmp_path / "merged.safetensors")]) == 0
     assert (tmp_path / "merged.safetensors").stat().st_size > 0
-    Image.fromarray(np.full((40, 56, 3), 128, dtype=np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.full((72, 88, 3), 128, dtype=np.uint8)).save(tmp_path / "in.png")
     assert main(["erase", "purify", "--base", str(tiny_sd1.single_file), "--patch", str(patch_path),
                  "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "out.png"), "--steps", "2",
                  "--device", "cpu"]) == 0
-    assert Image.open(tmp_path / "out.png").size == (56, 40)
+    assert Image.open(tmp_path / "out.png").size == (88, 72)
     assert "wrote" in capsys.readouterr().out
 
 

@@ -31,16 +31,16 @@ def test_model_size_rounds_each_side_to_what_the_model_takes(made):
 
 def test_purified_image_has_the_input_size(made):
     base, patch, _ = made
-    image = picture(50, 37)
+    image = picture(90, 67)  # no multiple of the model's 16 px
     steps = []
     out = purify(base, patch, image, steps=4, reporter=Reporter(progress=lambda s, t, p=None: steps.append((s, t))))
-    assert out.size == (50, 37) and out.mode == "RGB"
+    assert out.size == (90, 67) and out.mode == "RGB"
     assert steps[-1] == (8, 8)  # 4 inversion + 4 regeneration steps
 
 
 def test_purify_depends_on_the_patch_and_partial_strength_runs_fewer_steps(made):
     base, patch, _ = made
-    image = picture(32, 32)
+    image = picture(64, 64)
     full = np.asarray(purify(base, patch, image, steps=4)).astype(int)
     none = np.asarray(purify(base, patch, image, steps=4, patch_strength=0.0)).astype(int)
     assert np.abs(full - none).max() > 0  # the erased model regenerates, not the original
@@ -51,7 +51,7 @@ def test_purify_depends_on_the_patch_and_partial_strength_runs_fewer_steps(made)
 
 def test_purify_refuses_bad_settings_another_base_and_stops_on_request(made, other_base):
     base, patch, _ = made
-    image = picture(32, 32)
+    image = picture(64, 64)
     with pytest.raises(ClifError, match="strength"):
         purify(base, patch, image, strength=0)
     with pytest.raises(ClifError, match="steps"):

@@ -126,7 +126,7 @@ def test_folder_detection_for_small_models_uses_the_encoder_kind(tiny_sd1, tiny_
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sd1.diffusers_dir, broken)
     (broken / "unet" / "config.json").write_text("{oops")
-    with pytest.raises(ClifError, match=r"config.json is not readable JSON"):
+    with pytest.raises(ClifError, match=r"config.json is not valid JSON"):
         detect_family_from_diffusers_dir(broken)
     (broken / "unet" / "config.json").unlink()
     with pytest.raises(ClifError, match=r"config.json is missing"):

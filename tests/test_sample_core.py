@@ -159,7 +159,7 @@ def test_concept_placeholders_render_like_the_applied_pipeline(sd1):
 def test_erasure_patch_and_concept_file_apply_together(sd1):
     concepts = make_concept_file(sd1, seed=4, text_lora=False)
     patch = dataclasses.replace(make_concept_file(sd1, seed=9, names=(), text_lora=False), kind="erasure",
-                                title="erase dogs")
+                                title="erase dogs", metadata={"erased": [{"target": "dog", "alternative": None}]})
     config = SampleConfig("a photo of <alice> and a dog", seed=1, steps=2)
     only_concepts = sample(sd1, config, [concepts])
     both = sample(sd1, config, [concepts, (patch, 1.0)])

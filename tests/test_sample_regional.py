@@ -62,8 +62,10 @@ def test_build_regions_from_user_text():
     assert build_regions("top_bottom", ["a", " ", "b"]) == layout_regions("top_bottom", ["a", "b"])
     boxed = build_regions("boxes", ["a", "b"], "0,0,0.5,1; 0.5,0,1,1", strength=0.6)
     assert [(r.box, r.strength) for r in boxed] == [((0, 0, 0.5, 1), 0.6), ((0.5, 0, 1, 1), 0.6)]
-    masks = torch.zeros(2, 4, 4)
-    assert [r.mask.shape for r in build_regions("masks", ["a", "b"], masks=masks)] == [(4, 4), (4, 4)]
+    masks = torch.zeros(2, 64, 64)
+    assert [r.mask.shape for r in build_regions("masks", ["a", "b"], masks=masks)] == [(64, 64), (64, 64)]
+    with pytest.raises(ClifError, match=r"region 2 \('b'\): the mask is 4x4, below the minimum of 64 px"):
+        build_regions("masks", ["a", "b"], masks=[masks[0], torch.zeros(4, 4)])
     with pytest.raises(ClifError, match="1 box\\(es\\) for 2 region prompt"):
         build_regions("boxes", ["a", "b"], "0,0,1,1")
     with pytest.raises(ClifError, match="0 mask\\(s\\) for 1 region prompt"):

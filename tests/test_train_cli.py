@@ -52,8 +52,11 @@ def test_clif_train_both_writes_a_concept_file_and_resumes(tiny_sd1, dataset, tm
     assert "alice, bob: " in printed and "concept_cosine" in printed  # the report
 
     before = read(out)
-    # finished: running again trains nothing and writes the same file
-    assert clif_main(both_args(tiny_sd1, dataset, tmp_path / "run", out, "--preview-every", "3")) == 0
+    # finished: running again refuses to replace --out unless asked; with --overwrite it trains nothing and
+    # writes the same file
+    assert clif_main(both_args(tiny_sd1, dataset, tmp_path / "run", out, "--preview-every", "3")) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert clif_main(both_args(tiny_sd1, dataset, tmp_path / "run", out, "--preview-every", "3", "--overwrite")) == 0
     after = read(out)
     assert after[0] == before[0] and after[1].keys() == before[1].keys()
     assert all(torch.equal(after[1][k], before[1][k]) for k in before[1])

@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClifError
+from ..images import MIN_SIDE
+from ..validation import cli_int
+
+COUNT = cli_int(0, 100_000)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,9 +37,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--common-dir", help="folder with one subfolder of pictures per common word")
     p.add_argument("--base-model", help="checkpoint (.safetensors) or diffusers folder that draws the common words "
                    "without a folder ('a photo of WORD'), cached by the model's fingerprint")
-    p.add_argument("--common-images", type=int, default=4, help="pictures generated per common word")
-    p.add_argument("--common-seed", type=int, default=0, help="seed of the generated pictures")
-    p.add_argument("--common-steps", type=int, default=25, help="denoising steps per generated picture")
+    p.add_argument("--common-images", type=cli_int(1, 64), default=4, help="pictures generated per common word")
+    p.add_argument("--common-seed", type=cli_int(0, 2**63 - 1), default=0, help="seed of the generated pictures")
+    p.add_argument("--common-steps", type=cli_int(1, 200), default=25, help="denoising steps per generated picture")
     p.add_argument("--common-cache", help="where generated pictures are kept (default: clif_common/ beside --out)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder (once the new one is complete)")
@@ -43,16 +47,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="auto: SAM when --sam-checkpoint is given, else the weight-free fallback")
     p.add_argument("--sam-checkpoint", help="segment-anything .pth (vit_b/vit_l/vit_h, detected from the weights)")
     p.add_argument("--device", default=None, help="device for SAM (default: cuda when available)")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--global", dest="n_global", type=int, default=40, help="Global samples (concept + common)")
-    p.add_argument("--region", dest="n_region", type=int, default=40, help="Region samples (part + common or part)")
-    p.add_argument("--mix", dest="n_mix", type=int, default=20, help="Mix samples (two concepts)")
-    p.add_argument("--single", dest="n_single", type=int, default=10, help="single-concept samples")
-    p.add_argument("--parts", dest="n_parts", type=int, default=4, help="parts per concept when no names are given")
+    p.add_argument("--resolution", type=cli_int(32, 2048), default=512)
+    p.add_argument("--global", dest="n_global", type=COUNT, default=40, help="Global samples (concept + common)")
+    p.add_argument("--region", dest="n_region", type=COUNT, default=40, help="Region samples (part + common or part)")
+    p.add_argument("--mix", dest="n_mix", type=COUNT, default=20, help="Mix samples (two concepts)")
+    p.add_argument("--single", dest="n_single", type=COUNT, default=10, help="single-concept samples")
+    p.add_argument("--parts", dest="n_parts", type=cli_int(1, 12), default=4,
+                   help="parts per concept when no names are given")
     p.add_argument("--layout", choices=["left_right", "top_bottom", "both"], default="left_right")
     p.add_argument("--one-order", action="store_true", help="do not repeat each pair in the swapped slot order")
-    p.add_argument("--min-side", type=int, default=64, help="smallest accepted picture side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-side", type=cli_int(MIN_SIDE, 2048), default=MIN_SIDE,
+                   help="smallest accepted picture side in pixels")
+    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
     p.set_defaults(func=run)
     return p
 

@@ -26,10 +26,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..concepts.file_format import embedding_name
 from ..concepts.spec import Concept, validate_concepts
 from ..errors import ClifError
 from ..fileio import atomic_dir
 from ..progress import SILENT, Reporter
+from ..validation import field_of, inside_folder, parse_json, read_json
 from .common import CommonConcept
 from .compose import (
     AugmentConfig,
@@ -83,11 +85,30 @@ class SampleRecord:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SampleRecord":
+    def from_json(cls, d: dict[str, Any], where: str = "sample record") -> "SampleRecord":
+        """A record from one parsed metadata.jsonl line; ClifError names `where` and the bad field."""
+        slots = []
+        for i, s in enumerate(field_of(d, "slots", list, where)):
+            at = f"{where}, slot {i}"
+            if not isinstance(s, dict):
+                raise ClifError(f"{at}: a slot must be a JSON object")
+            box = field_of(s, "box", list, at)
+            if len(box) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in box):
+                raise ClifError(f"{at}: field 'box' is {box!r}; it must be four whole numbers")
+            slots.append(SlotRecord(
+                slot=field_of(s, "slot", str, at), source=field_of(s, "source", str, at),
+                name=field_of(s, "name", str, at), text=field_of(s, "text", str, at), box=box,
+                mask=field_of(s, "mask", str, at), token=_optional(s, "token", str, at),
+                part=_optional(s, "part", str, at), source_index=field_of(s, "source_index", int, at)))
         return cls(
-            file_name=d["file_name"], caption=d["caption"], kind=d["kind"], layout=d["layout"],
-            group=int(d["group"]), slots=[SlotRecord(**s) for s in d["slots"]],
+            file_name=field_of(d, "file_name", str, where), caption=field_of(d, "caption", str, where),
+            kind=field_of(d, "kind", str, where), layout=field_of(d, "layout", str, where),
+            group=field_of(d, "group", int, where), slots=slots,
         )
+
+
+def _optional(record: dict[str, Any], key: str, expected: type, where: str) -> Any:
+    return None if record.get(key) is None else field_of(record, key, expected, where)
 
 
 def input_key(
@@ -326,10 +347,8 @@ def load_dataset(folder: str | Path) -> AugmentedDataset:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise ClifError(f"{root} is not an augmented dataset: {manifest_path.name} is missing. Build it with the Augment step.")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ClifError(f"{manifest_path} cannot be read ({exc}); build the dataset again.") from exc
+    fix = "build the dataset again."
+    manifest = read_json(manifest_path, dict, fix)
     if manifest.get("format") != FORMAT:
         raise ClifError(f"{manifest_path} has format {manifest.get('format')!r}, not {FORMAT!r}.")
     if manifest.get("version") != VERSION:
@@ -337,17 +356,29 @@ def load_dataset(folder: str | Path) -> AugmentedDataset:
             f"{manifest_path} is dataset version {manifest.get('version')}, this pack reads version {VERSION}; "
             f"build the dataset again with this version."
         )
+    for i, c in enumerate(field_of(manifest, "concepts", list, str(manifest_path))):
+        at = f"{manifest_path}: concept {i}"
+        if not isinstance(c, dict):
+            raise ClifError(f"{at} is not a JSON object; {fix}")
+        embedding_name(field_of(c, "name", str, at))  # a name that cannot name files is refused before training
+        field_of(c, "token", str, at), field_of(c, "class_word", str, at)
     meta = root / SPLIT / "metadata.jsonl"
     if not meta.is_file():
         raise ClifError(f"dataset {root} is incomplete: {meta} is missing. Build it again.")
+    try:
+        text = meta.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ClifError(f"{meta} is not UTF-8 text (byte {err.start}); {fix}") from None
     records = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            records.append(SampleRecord.from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ClifError(f"{meta} line {n} is not a valid sample record ({exc}); build the dataset again.") from exc
+        where = f"{meta} line {n}"
+        record = SampleRecord.from_json(parse_json(line, dict, where, fix), where)
+        inside_folder(root / SPLIT, record.file_name, f"{where}: file_name")
+        for i, slot in enumerate(record.slots):
+            inside_folder(root, slot.mask, f"{where}: slot {i} mask", start=root / SPLIT)
+        records.append(record)
     ds = AugmentedDataset(root, manifest, records)
     missing = [str(p) for i in range(len(ds)) for p in [ds.image_path(i), *ds.mask_paths(i)] if not p.is_file()]
     if missing:

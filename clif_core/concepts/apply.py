@@ -22,9 +22,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from clif_core.errors import ClifError
+from clif_core.validation import check_strength
 
 from . import lora_keys
-from .file_format import ConceptFile, WarnFn, check_compatible
+from .file_format import ConceptFile, WarnFn, check_compatible, validate
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +213,11 @@ def apply_concepts(
     a file's LoRA but keeps its tokens.
     """
     seen: dict[str, str] = {}
-    for cf, _ in files:
-        for message in check_compatible(cf, base, f"concept file {cf.display_title()!r}"):
+    for cf, strength in files:
+        where = f"concept file {cf.display_title()!r}"
+        validate(cf, where)
+        check_strength(strength, f"LoRA strength of {where}")
+        for message in check_compatible(cf, base, where):
             (warn or logger.warning)(message)
         for c in cf.concepts:
             if c.token in seen:

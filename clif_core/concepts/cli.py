@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--lora", type=Path, help="the LoRA file (kohya layout)")
     imp.add_argument("--embedding", type=Path, action="append", default=[], help="an embedding file (repeat)")
     imp.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="when the files do not say")
+    imp.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
     imp.set_defaults(func=_import)
 
 
@@ -62,7 +63,9 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from clif_core.concepts.exports import import_comfy
     from clif_core.concepts.file_format import save_concept_file
+    from clif_core.validation import refuse_existing
 
+    refuse_existing([args.output], args.overwrite)
     concepts = import_comfy(args.lora, args.embedding, family=args.family)
     save_concept_file(concepts, args.output)
     print(f"wrote {args.output}")

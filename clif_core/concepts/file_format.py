@@ -28,6 +28,7 @@ import torch
 
 from clif_core.errors import ClifError
 from clif_core.fileio import save_safetensors_atomic
+from clif_core.validation import check_tensors
 
 from . import lora_keys
 
@@ -185,11 +186,11 @@ def validate(cf: ConceptFile, where: str) -> None:
                     f"{label}: the {enc} embedding has shape {list(emb.shape)}; expected [k, {cf.encoder_widths[enc]}]"
                     " with k ≥ 1 vectors"
                 )
-            if not emb.is_floating_point():
-                raise ClifError(f"{label}: the {enc} embedding has dtype {emb.dtype}; it must be floating point")
             counts.add(int(emb.shape[0]))
         if len(counts) > 1:
             raise ClifError(f"{label}: encoders have different vector counts {sorted(counts)}; use the same k for all")
+    check_tensors(to_tensors(cf), where)
+    _check_kind_metadata(cf, where)
     lora_keys.check_lora_structure(cf.unet_lora, f"{where} (UNet LoRA)")
     lora_keys.check_targets(cf.unet_lora, lora_keys.UNET_PREFIX, lora_keys.UNET_LORA_TARGETS, f"{where} (UNet LoRA)")
     lora_keys.check_lora_structure(cf.text_lora, f"{where} (text LoRA)")
@@ -218,6 +219,27 @@ def validate(cf: ConceptFile, where: str) -> None:
                 f"{where}: the thumbnail is {len(cf.thumbnail) // 1024} KiB; the limit is "
                 f"{MAX_THUMBNAIL_BYTES // 1024} KiB. Use a smaller image (make_thumbnail makes a 256 px one)"
             )
+
+
+def _check_kind_metadata(cf: ConceptFile, where: str) -> None:
+    """An erasure patch lists what it erases ({"target": str, "alternative": str or null}, at least one) and
+    its optional weight probe is {module: [numbers]}: every loader and the sampler rely on both."""
+    if cf.kind != "erasure":
+        return
+    erased = cf.metadata.get("erased")
+    if not isinstance(erased, list) or not erased:
+        raise ClifError(f"{where}: an erasure patch must list its erased concepts (clif.metadata 'erased'); the file "
+                        "is damaged or was not made by CLIF's erasure")
+    for i, entry in enumerate(erased):
+        if not isinstance(entry, dict) or not isinstance(entry.get("target"), str) \
+                or not isinstance(entry.get("alternative"), (str, type(None))):
+            raise ClifError(f"{where}: entry {i} of clif.metadata 'erased' is not "
+                            "{'target': text, 'alternative': text or null}; the file is damaged")
+    probe = cf.metadata.get("unet_probe", {})
+    if not isinstance(probe, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in probe.values()):
+        raise ClifError(f"{where}: clif.metadata 'unet_probe' is not a table of weight values; the file is damaged")
 
 
 def check_compatible(cf: ConceptFile, base: Any, where: str = "concept file") -> list[str]:
@@ -366,7 +388,10 @@ def concept_set_from_metadata(meta: Mapping[str, str], where: str) -> tuple[Conc
         kind=_required(meta, "clif.kind", where),
         metadata=_loads(meta, "clif.metadata", where, dict),
     )
-    lora_keys.text_keys(cf.base_family)  # an unknown family is refused here, with its name
+    try:
+        lora_keys.text_keys(cf.base_family)
+    except ClifError as err:
+        raise ClifError(f"{where}: metadata 'clif.base_family': {err}") from None
     return cf, concepts
 
 

@@ -28,12 +28,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ClifError
+from ..images import MIN_SIDE, PictureRefused, check_min_side, guarded_open
 from ..progress import SILENT, Reporter
+from .file_format import embedding_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_FOLDER = "masks"
-MIN_SIDE = 64
-"""Smallest accepted image side in pixels (the sandbox world renders 64x64 images)."""
 MAX_SIDE = 2048
 """Larger images are downscaled on load: compositions and SAM never use more."""
 
@@ -110,13 +110,13 @@ def read_image(path: str | Path) -> tuple[Image.Image, Optional[np.ndarray], boo
     """Read one image file fully (truncation is detected here, not later) with EXIF orientation applied.
 
     Returns (RGB image, alpha mask or None, whether the EXIF orientation swapped width and height).
-    Raises OSError/UnidentifiedImageError/ValueError for unreadable files; the folder loader turns
-    those into warnings.
+    Raises PictureRefused (also for a decompression bomb) or OSError/ValueError for unreadable files; the
+    folder loader turns those into warnings naming the file.
     """
     path = Path(path)
-    with Image.open(path) as probe:
+    with guarded_open(path, "picture") as probe:
         probe.verify()  # catches truncated PNGs and bad CRCs that load() may tolerate
-    with Image.open(path) as im:
+    with guarded_open(path, "picture") as im:
         im.load()
         upright = ImageOps.exif_transpose(im)
         rgb, alpha_mask = flatten_image(upright)
@@ -141,7 +141,7 @@ def _limit_size(img: Image.Image, max_side: int) -> Image.Image:
 def read_mask(path: Path, image_size: tuple[int, int], what: str, exif_rotated: bool = False) -> np.ndarray:
     """Read a mask file (white = inside; alpha is used when the file has transparency) as bool [H, W]."""
     try:
-        with Image.open(path) as im:
+        with guarded_open(path, "mask file") as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
@@ -154,8 +154,8 @@ def read_mask(path: Path, image_size: tuple[int, int], what: str, exif_rotated: 
                 mask = np.asarray(_to_uint8_gray(im)) > 127
             else:
                 mask = np.asarray(im.convert("L")) > 127
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ClifError(f"mask file {path} ({what}) cannot be read: {exc}. Save it again as a PNG.") from exc
+    except (OSError, UnidentifiedImageError, ValueError, PictureRefused) as exc:
+        raise ClifError(f"mask file {path} ({what}) cannot be read: {exc}. Save it again as a PNG.") from None
     w, h = image_size
     if mask.shape != (h, w):
         hint = ""
@@ -213,14 +213,13 @@ def read_image_folder(
             continue
         try:
             img, alpha, rotated = read_image(path)
+        except PictureRefused as exc:
+            out.skipped.append(f"{path.name} ({exc})")
+            continue
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             out.skipped.append(f"{path.name} ({type(exc).__name__}: {exc})")
             continue
-        if min(img.size) < min_side:
-            raise ClifError(
-                f"image {path} is {img.size[0]}x{img.size[1]}, below the minimum of {min_side} px on the short "
-                f"side. Use a larger picture or remove this one."
-            )
+        check_min_side(img.size, f"image {path}", min_side)
         if alpha is not None and not alpha.any():
             raise ClifError(
                 f"image {path} is fully transparent, so its alpha channel gives an empty mask. "
@@ -249,6 +248,7 @@ def read_image_folder(
 def _check_names(name: str, token: str, class_word: str, parts: Sequence[str]) -> None:
     if not name or not name.strip():
         raise ClifError("concept name is empty; give each concept a name.")
+    embedding_name(name)  # a name such as '..' (a folder's) cannot name the concept's files: refused before work
     if not token or not token.strip() or any(c.isspace() for c in token):
         raise ClifError(
             f"concept {name!r}: placeholder token {token!r} must be one word without spaces, e.g. '<{name}>'."
@@ -363,10 +363,7 @@ def concept_from_tensors(
     if not torch.isfinite(x).all():
         raise ClifError(f"concept {name!r}: images contain NaN or infinite values.")
     b, h, w = x.shape[0], x.shape[1], x.shape[2]
-    if min(h, w) < min_side:
-        raise ClifError(
-            f"concept {name!r}: images are {w}x{h}, below the minimum of {min_side} px on the short side."
-        )
+    check_min_side((w, h), f"concept {name!r}: each image", min_side)
     m: list = [None] * b
     if masks is not None:
         if isinstance(masks, (list, tuple)):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clif_core.validation import MAX_GUIDANCE, MAX_STRENGTH, cli_float, cli_int
+
 from .config import METHODS, SUBSETS
 
 
@@ -27,21 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out even when another run made it")
     parser.add_argument("--method", choices=METHODS, default="all-but-one")
     parser.add_argument("--params", choices=SUBSETS, default="auto")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.0, help="0: 1e-4 for lora, 1e-5 for weight subsets")
-    parser.add_argument("--eta", type=float, default=1.0)
-    parser.add_argument("--lam", type=float, default=1.0)
-    parser.add_argument("--negative-eta", type=float, default=0.0)
-    parser.add_argument("--preserve-weight", type=float, default=1.0)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--trajectories", type=int, default=4)
-    parser.add_argument("--sample-steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--resolution", type=int, default=0)
-    parser.add_argument("--patch-tolerance", type=float, default=0.01)
-    parser.add_argument("--patch-max-rank", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=cli_int(1, 100_000), default=400)
+    parser.add_argument("--batch-size", type=cli_int(1, 64), default=2)
+    parser.add_argument("--lr", type=cli_float(0, 1), default=0.0, help="0: 1e-4 for lora, 1e-5 for weight subsets")
+    parser.add_argument("--eta", type=cli_float(0, 10), default=1.0)
+    parser.add_argument("--lam", type=cli_float(0, 100), default=1.0)
+    parser.add_argument("--negative-eta", type=cli_float(0, 10), default=0.0)
+    parser.add_argument("--preserve-weight", type=cli_float(0, 100), default=1.0)
+    parser.add_argument("--lora-rank", type=cli_int(1, 256), default=8)
+    parser.add_argument("--trajectories", type=cli_int(1, 64), default=4)
+    parser.add_argument("--sample-steps", type=cli_int(2, 1000), default=50)
+    parser.add_argument("--guidance-scale", type=cli_float(0, MAX_GUIDANCE), default=3.0)
+    parser.add_argument("--resolution", type=cli_int(0, 4096), default=0)
+    parser.add_argument("--patch-tolerance", type=cli_float(0, 0.999), default=0.01)
+    parser.add_argument("--patch-max-rank", type=cli_int(0, 4096), default=0)
+    parser.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
     parser.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
     parser.add_argument("--device", help="cuda, cpu, mps (default: the best present)")
     parser.set_defaults(func=_erase)
@@ -53,10 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     purify.add_argument("--image", type=Path, required=True)
     purify.add_argument("--out", type=Path, required=True)
     purify.add_argument("--prompt", help="the condition for inversion and regeneration (default: the targets)")
-    purify.add_argument("--steps", type=int, default=50)
-    purify.add_argument("--strength", type=float, default=1.0, help="how far to invert (1: to noise)")
-    purify.add_argument("--guidance-scale", type=float, default=1.0)
+    purify.add_argument("--steps", type=cli_int(1, 1000), default=50)
+    purify.add_argument("--strength", type=cli_float(0.001, 1), default=1.0, help="how far to invert (1: to noise)")
+    purify.add_argument("--guidance-scale", type=cli_float(0, MAX_GUIDANCE), default=1.0)
     purify.add_argument("--allow-other-base", action="store_true")
+    purify.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     purify.add_argument("--device")
     purify.set_defaults(func=_purify)
 
@@ -64,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("--base", type=Path, required=True)
     merge.add_argument("--patch", type=Path, required=True)
     merge.add_argument("--out", type=Path, required=True)
-    merge.add_argument("--strength", type=float, default=1.0)
+    merge.add_argument("--strength", type=cli_float(-MAX_STRENGTH, MAX_STRENGTH), default=1.0)
     merge.add_argument("--allow-other-base", action="store_true")
+    merge.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     merge.set_defaults(func=_merge)
 
     export = commands.add_parser("export", help="the patch as a plain LoRA for ComfyUI's stock LoraLoader")
@@ -110,14 +114,19 @@ def _purify(args: argparse.Namespace) -> int:
 
     from clif_core.cli import tqdm_reporter
     from clif_core.fileio import atomic_path
+    from clif_core.images import check_min_side, open_picture
+    from clif_core.validation import refuse_existing
     from clif_core.models.loader import load_base_model
 
     from .patch import load_erasure_patch
     from .purify import purify
 
+    refuse_existing([args.out], args.overwrite)
+    image = open_picture(args.image, "--image")
+    check_min_side(image.size, f"--image {args.image}")  # before the model loads; purify() applies the same rule
     base = load_base_model(args.base, device=args.device)
     patch = load_erasure_patch(args.patch, base, allow_other_base=args.allow_other_base, warn=print)
-    result = purify(base, patch, Image.open(args.image), prompt=args.prompt, steps=args.steps,
+    result = purify(base, patch, image, prompt=args.prompt, steps=args.steps,
                     strength=args.strength, guidance_scale=args.guidance_scale,
                     allow_other_base=args.allow_other_base, reporter=tqdm_reporter("purify"))
     with atomic_path(args.out) as tmp:
@@ -130,9 +139,11 @@ def _merge(args: argparse.Namespace) -> int:
     import torch
 
     from clif_core.models.loader import load_base_model
+    from clif_core.validation import refuse_existing
 
     from .patch import load_erasure_patch, merge_into_checkpoint
 
+    refuse_existing([args.out], args.overwrite)
     base = load_base_model(args.base, device="cpu", dtype=torch.float32)
     patch = load_erasure_patch(args.patch)
     merge_into_checkpoint(base, patch, args.out, args.strength, args.allow_other_base, warn=print)

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from clif_core.errors import ClifError
 from clif_core.train.loop import LoopConfig
+from clif_core.validation import check_finite_fields
 
 OBJECTIVES = ("all-but-one", "esd")
 METHODS = ("all-but-one", "esd", "esd-x", "esd-u")
@@ -106,6 +107,7 @@ class EraseConfig:
                 f"method {self.method} trains {_METHOD_SUBSET[self.method]} by definition but params is "
                 f"{self.params!r}; use method 'esd' to run ESD's objective on {self.params!r}, or params 'auto'"
             )
+        check_finite_fields(self, "erase setting")
         for name in ("eta", "lam", "negative_eta", "preserve_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ClifError(f"erase setting {name} is {getattr(self, name)}; it cannot be negative")

@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 
 from clif_core.concepts import lora_keys
-from clif_core.concepts.file_format import ConceptFile, WarnFn, load_concept_file
+from clif_core.concepts.file_format import ConceptFile, WarnFn, load_concept_file, validate
 from clif_core.errors import ClifError
+from clif_core.validation import check_strength
 
 from .subsets import lora_deltas
 
@@ -54,12 +55,12 @@ def describe(patch: ConceptFile) -> str:
 
 
 def check_is_patch(cf: ConceptFile, where: str) -> None:
+    """Refuse a concept file that is not an erasure patch (its erased list is checked by file_format.validate,
+    which every loader and the sampler use)."""
     if cf.kind != "erasure":
         raise ClifError(f"{where} is a concept file of kind {cf.kind!r}, not an erasure patch; load it with "
                         "Load Concept File, or pick a file made by Erase Concepts")
-    if not erased_pairs(cf):
-        raise ClifError(f"{where}: its metadata lists no erased concepts; the file is damaged or was not made by "
-                        "CLIF's erasure")
+    validate(cf, where)
 
 
 def check_patch_base(patch: ConceptFile, base: Any, allow_other_base: bool = False,
@@ -144,6 +145,7 @@ def merge_into_checkpoint(base: Any, patch: ConceptFile, out_path: str | os.Path
     from clif_core.models.ldm_layout import save_single_file
 
     check_is_patch(patch, "erasure patch")
+    check_strength(strength, "merge strength")
     check_patch_base(patch, base, allow_other_base, warn)
     pairs = "; ".join(f"{t} -> {a}" if a else t for t, a in erased_pairs(patch))
     with merged(base, patch, strength):

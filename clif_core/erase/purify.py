@@ -20,6 +20,8 @@ import torch
 from clif_core.concepts.apply import apply_concepts
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.errors import ClifError
+from clif_core.images import check_min_side
+from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 from clif_core.progress import SILENT, Reporter
 
 from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict, vae_factor
@@ -56,10 +58,11 @@ def purify(
     """The purified PIL image, the same size as `image` (see the module docstring)."""
     check_is_patch(patch, f"erasure patch {patch.display_title()!r}")
     check_patch_base(patch, base, allow_other_base, warn=reporter.log)
-    if steps < 1 or steps > 1000:
-        raise ClifError(f"purify steps {steps} must be between 1 and 1000 (50 is usual)")
-    if not 0 < strength <= 1:
+    check_whole(steps, "purify steps", 1, 1000)
+    if not 0 < check_number(strength, "purify strength", 0, 1):
         raise ClifError(f"purify strength {strength} must be above 0 and at most 1 (1 inverts all the way to noise)")
+    check_number(guidance_scale, "purify guidance_scale", 0, MAX_GUIDANCE)
+    check_min_side(image.size, "the picture to purify")
     if prompt is None or not prompt.strip():
         prompt = ", ".join(target for target, _ in erased_pairs(patch))
     original_size = image.size

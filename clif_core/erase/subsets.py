@@ -91,8 +91,9 @@ class LoraSubset:
             lora[kohya + ".lora_down.weight"] = down
             lora[kohya + ".lora_up.weight"] = torch.zeros(layer.weight.shape[0], self.rank)
             lora[kohya + ".alpha"] = torch.tensor(float(self.rank))
+        # The trainable LoRA before training: a plain LoRA-only set (an "erasure" file must list what it erased).
         return ConceptFile(concepts=[], base_family=self.base.family,
-                           encoder_widths={s.name: s.width for s in self.base.text}, unet_lora=lora, kind="erasure")
+                           encoder_widths={s.name: s.width for s in self.base.text}, unet_lora=lora)
 
     def __enter__(self) -> "LoraSubset":
         from clif_core.concepts.apply import apply_concepts

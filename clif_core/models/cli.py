@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("source", type=Path, help="a diffusers folder or a single-file checkpoint")
     convert.add_argument("output", type=Path, help="the .safetensors file to write")
     convert.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    convert.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
     convert.set_defaults(func=_to_single_file)
 
     tiny = commands.add_parser("tiny", help="write a tiny random SD-shaped model (for tests and smoke runs)")
@@ -49,9 +50,11 @@ def _to_single_file(args: argparse.Namespace) -> int:
     from clif_core.errors import ClifError
     from clif_core.models.ldm_layout import save_single_file
     from clif_core.models.loader import load_base_model
+    from clif_core.validation import refuse_existing
 
     if args.output.suffix != ".safetensors":
         raise ClifError(f"{args.output}: the output must be a .safetensors file")
+    refuse_existing([args.output], args.overwrite)
     base = load_base_model(args.source, device="cpu", dtype=torch.float16 if args.half else torch.float32)
     save_single_file(base, args.output)
     print(f"wrote {args.output} ({base.family}, fingerprint {base.fingerprint})")

@@ -7,12 +7,12 @@ with. Detection reads only key names and shapes, never tensor data, so it is che
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from clif_core.errors import ClifError
+from clif_core.validation import read_json
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -223,7 +223,4 @@ def detect_family_from_diffusers_dir(path: str | Path) -> str:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ClifError(f"{path} is missing: the diffusers folder is incomplete; copy the whole model folder again")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ClifError(f"{path} is not readable JSON ({err}); replace it with the model's original file") from None
+    return read_json(path, dict, "replace it with the model's original file")

@@ -32,6 +32,7 @@ from clif_core.models.families import (
     get_family,
 )
 from clif_core.models.fingerprint import fingerprint
+from clif_core.validation import read_json
 
 CONFIGS_METADATA_KEY = "clif.diffusers_configs"
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -232,7 +233,7 @@ def bundled_configs(family: str) -> dict[str, dict]:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, dict, "replace it with the model's original file")
 
 
 def components_from_original(
@@ -392,7 +393,11 @@ def _load_diffusers_dir(root: Path, prediction_type: Optional[str]) -> dict[str,
     vae = load("vae", lambda: AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, **_variant(vae_dir)))
     encoders, tokenizers = [], []
     for sub, tok_sub in zip(spec.encoder_subfolders, spec.tokenizer_subfolders):
-        cls_name = (index.get(sub) or [None, "CLIPTextModel"])[1]
+        entry = index.get(sub) or [None, "CLIPTextModel"]
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+            raise ClifError(f"{root / 'model_index.json'}: field {sub!r} is {entry!r}, not [library, class name]; "
+                            "replace it with the model's original file")
+        cls_name = entry[1]
         if cls_name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
             raise ClifError(f"{root}: {sub} is a {cls_name}; Stable Diffusion text encoders are CLIP text models")
         cls = getattr(transformers, cls_name)

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from clif_core.errors import ClifError
+from clif_core.validation import (
+    MAX_GUIDANCE,
+    check_plain_name,
+    check_strength,
+    cli_float,
+    cli_int,
+    refuse_existing,
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `sample` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
-    from .config import LAYOUTS, REGION_STRENGTH, SCHEDULERS
+    from .config import LAYOUTS, MAX_BATCH, MAX_SIDE, MAX_STEPS, REGION_STRENGTH, SCHEDULERS
 
     p = subparsers.add_parser(
         "sample",
@@ -27,22 +35,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base model: a diffusers folder or a .safetensors checkpoint")
     p.add_argument("--prompt", required=True, help="the prompt; concept placeholders such as <alice> are allowed")
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--concepts", action="append", default=[], metavar="FILE[:STRENGTH]",
+    p.add_argument("--concepts", action="append", default=[], metavar="FILE[:STRENGTH]", type=parse_concept_arg,
                    help="a concept file or erasure patch, optionally with a LoRA strength (default 1); repeat")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (1 or less: off)")
+    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0,
+                   help="seed of the first image; image i uses seed + i")
+    p.add_argument("--steps", type=cli_int(1, MAX_STEPS), default=30)
+    p.add_argument("--cfg", type=cli_float(0, MAX_GUIDANCE), default=7.0,
+                   help="classifier-free guidance scale (1 or less: off)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
-    p.add_argument("--width", type=int, help="default: the model's native size")
-    p.add_argument("--height", type=int, help="default: the model's native size")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--width", type=cli_int(8, MAX_SIDE), help="default: the model's native size")
+    p.add_argument("--height", type=cli_int(8, MAX_SIDE), help="default: the model's native size")
+    p.add_argument("--batch", type=cli_int(1, MAX_BATCH), default=1)
     p.add_argument("--region", action="append", default=[], metavar="PROMPT",
                    help="a region prompt (repeat); regions are placed by --layout, --boxes or --region-mask")
     p.add_argument("--layout", choices=LAYOUTS, default="left_right", help="where the --region prompts go")
     p.add_argument("--boxes", help="explicit boxes 'x0,y0,x1,y1; …' (fractions of width/height), one per region")
     p.add_argument("--region-mask", action="append", default=[], metavar="IMAGE",
                    help="a grayscale mask image per region (white = the region); repeat")
-    p.add_argument("--region-strength", type=float, default=REGION_STRENGTH,
+    p.add_argument("--region-strength", type=cli_float(0, 1), default=REGION_STRENGTH,
                    help="how much region prompts replace the global prompt inside their regions (0..1)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--name", default="clif", help="file name prefix: NAME-SEED.png")
@@ -53,19 +63,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def parse_concept_arg(text: str) -> tuple[Path, float]:
-    """"FILE" or "FILE:STRENGTH" (a drive letter such as C: is part of FILE)."""
+    """"FILE" or "FILE:STRENGTH" (a drive letter such as C: is part of FILE); an argparse `type=`."""
     path, sep, strength = text.rpartition(":")
     if sep:
         try:
-            return Path(path), float(strength)
+            value = float(strength)
         except ValueError:
-            pass
+            return Path(text), 1.0
+        try:
+            return Path(path), check_strength(value, f"the strength of {path}")
+        except ClifError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     return Path(text), 1.0
 
 
 def _regions(args: argparse.Namespace) -> tuple:
     import numpy as np
-    from PIL import Image
+
+    from clif_core.images import open_picture
 
     from .regional import build_regions
 
@@ -75,13 +90,8 @@ def _regions(args: argparse.Namespace) -> tuple:
         return ()
     if args.boxes and args.region_mask:
         raise ClifError("give either --boxes or --region-mask, not both")
-    masks = []
-    for path in args.region_mask:
-        try:
-            with Image.open(path) as im:
-                masks.append(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)
-        except OSError as err:
-            raise ClifError(f"--region-mask {path}: cannot be read as an image ({err})") from None
+    masks = [np.asarray(open_picture(path, "--region-mask").convert("L"), dtype=np.float32) / 255.0
+             for path in args.region_mask]
     layout = "boxes" if args.boxes else "masks" if masks else args.layout
     return build_regions(layout, args.region, args.boxes or "", masks, args.region_strength)
 
@@ -100,15 +110,13 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, width=args.width, height=args.height, batch=args.batch, regions=_regions(args),
     )
     config.check()
+    check_plain_name(args.name, "--name")
     targets = [args.out / f"{args.name}-{args.seed + i}.png" for i in range(args.batch)]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise ClifError(f"{', '.join(existing)} already exist(s); pass --overwrite or another --name/--seed")
+    refuse_existing(targets, args.overwrite, "pass --overwrite (or another --name or --seed)")
     reporter = tqdm_reporter("sample")
     base = load_base_model(args.base, device=args.device)
     uses = []
-    for item in args.concepts:
-        path, strength = parse_concept_arg(item)
+    for path, strength in args.concepts:
         uses.append(ConceptUse(load_concept_file(path, base=base, warn=reporter.log), strength, str(path)))
     result = sample(base, config, uses, reporter)
     for i, (image, target) in enumerate(zip(result.images, targets)):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from clif_core.errors import ClifError
+from clif_core.images import check_min_side
+from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 
 SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
 """Scheduler names `SampleConfig.scheduler` accepts (see `schedulers.make_scheduler`)."""
@@ -16,6 +17,29 @@ LAYOUTS = ("left_right", "top_bottom", "grid")
 
 REGION_STRENGTH = 0.8
 """Default share of a region prompt inside its region: the global (scene) prompt keeps the rest."""
+
+MAX_SIDE = 4096
+"""Largest width or height sampled, in pixels: 4x SDXL's native side; beyond it the UNet's attention alone needs
+tens of GB, and the models make repeated, broken compositions long before."""
+MAX_BATCH = 64
+"""Most images one run draws; image i uses seed + i, so more images are more runs with later seeds."""
+MAX_STEPS = 1000
+"""Most denoising steps: the models are trained on 1000 timesteps, more steps only repeat them."""
+MAX_RUN_PIXELS = 64 * 2**20
+"""Most pixels one run draws (width × height × batch); the latents and activations grow with it."""
+
+
+def check_region_mask(mask: Any, where: str) -> None:
+    """A region mask is 2-D (height × width), at least MIN_SIDE on each side, with finite values."""
+    import numpy as np
+
+    if getattr(mask, "ndim", 0) != 2:
+        raise ClifError(f"{where}: the mask must be 2-D (height × width); it has shape "
+                        f"{tuple(getattr(mask, 'shape', ()))}")
+    height, width = (int(s) for s in mask.shape)
+    check_min_side((width, height), f"{where}: the mask")
+    if not np.isfinite(np.asarray(mask, dtype=np.float32)).all():
+        raise ClifError(f"{where}: the mask holds NaN or infinite values; use values from 0 to 1")
 
 
 @dataclass(frozen=True)
@@ -68,22 +92,26 @@ class SampleConfig:
         """Raise ClifError naming the field for values no model could sample with."""
         if self.scheduler not in SCHEDULERS:
             raise ClifError(f"scheduler {self.scheduler!r} is not supported; use one of {', '.join(SCHEDULERS)}")
-        if self.steps < 1:
-            raise ClifError(f"steps is {self.steps}; use 1 or more")
-        if self.batch < 1:
-            raise ClifError(f"batch is {self.batch}; use 1 or more")
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ClifError(f"cfg is {self.cfg}; use a finite value of 0 or more (1 turns guidance off)")
-        if not 0 <= self.seed < 2**63:
-            raise ClifError(f"seed is {self.seed}; use a whole number from 0 to 2**63-1")
-        if self.preview_every < 0:
-            raise ClifError(f"preview_every is {self.preview_every}; use 0 (no previews) or more")
+        check_whole(self.steps, "steps", 1, MAX_STEPS)
+        check_whole(self.batch, "batch", 1, MAX_BATCH)
+        check_number(self.cfg, "cfg", 0, MAX_GUIDANCE)
+        check_whole(self.seed, "seed", 0, 2**63 - 1)
+        check_whole(self.preview_every, "preview_every", 0)
+        for name in ("width", "height"):
+            if getattr(self, name) is not None:
+                check_whole(getattr(self, name), name, 8, MAX_SIDE)
+        pixels = (self.width or 1024) * (self.height or 1024) * self.batch
+        if pixels > MAX_RUN_PIXELS:
+            raise ClifError(
+                f"width × height × batch is {pixels / 2**20:.0f} megapixels; one run may draw at most "
+                f"{MAX_RUN_PIXELS // 2**20} (e.g. a batch of 64 at 1024×1024), because the latents and the UNet's "
+                "activations grow with it until memory runs out. Lower the batch and run again with the next seed"
+            )
         for i, region in enumerate(self.regions, 1):
             where = f"region {i} ({region.prompt!r})"
             if (region.box is None) == (region.mask is None):
                 raise ClifError(f"{where}: give either a box or a mask, not {'both' if region.box else 'neither'}")
-            if not 0.0 <= region.strength <= 1.0:
-                raise ClifError(f"{where}: strength is {region.strength}; use a value from 0 to 1")
+            check_number(region.strength, f"{where}: strength", 0.0, 1.0)
             if region.box is not None:
                 x0, y0, x1, y1 = region.box
                 if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
@@ -91,6 +119,5 @@ class SampleConfig:
                         f"{where}: box {tuple(region.box)} is not (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and "
                         "0 <= y0 < y1 <= 1 (fractions of the image width and height)"
                     )
-            elif getattr(region.mask, "ndim", 0) != 2:
-                raise ClifError(f"{where}: the mask must be 2-D (height × width); it has shape "
-                                f"{tuple(getattr(region.mask, 'shape', ()))}")
+            else:
+                check_region_mask(region.mask, where)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from clif_core.errors import ClifError
 
-from .config import LAYOUTS, REGION_STRENGTH, Region
+from .config import LAYOUTS, REGION_STRENGTH, Region, check_region_mask
 
 
 def layout_boxes(layout: str, n: int) -> list[tuple[float, float, float, float]]:
@@ -83,6 +83,8 @@ def build_regions(layout: str, prompts: Sequence[str], boxes: str = "", masks: O
         if count != len(prompts):
             raise ClifError(f"{count} mask(s) for {len(prompts)} region prompt(s); give one mask per prompt, in "
                             "the same order")
+        for i, (p, m) in enumerate(zip(prompts, masks), 1):
+            check_region_mask(m, f"region {i} ({p!r})")
         return tuple(Region(p, mask=m, strength=strength) for p, m in zip(prompts, masks))
     return layout_regions(layout, prompts, strength)
 

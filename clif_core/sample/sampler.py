@@ -258,6 +258,12 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
                 noise = noise_uncond + config.cfg * (noise_cond - noise_uncond)
             out = scheduler.step(noise, t, latents, **step_kwargs)
             latents = out.prev_sample
+            if not bool(torch.isfinite(latents).all()):
+                raise ClifError(
+                    f"sampling stopped at step {i + 1} of {len(timesteps)}: the latents turned NaN or infinite, "
+                    "so every image would be black; nothing was returned. Lower the LoRA strengths or cfg, use "
+                    "float32 or bf16 instead of float16, or check the base model and concept files"
+                )
             preview = None
             if config.preview_every and ((i + 1) % config.preview_every == 0 or i + 1 == len(timesteps)):
                 estimate = getattr(out, "pred_original_sample", None)  # the denoised estimate, where the solver has one

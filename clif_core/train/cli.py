@@ -17,51 +17,61 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from clif_core.validation import cli_float, cli_int, refuse_existing
+
+LR = cli_float(0, 1)
+RANK = cli_int(0, 256)
+ALPHA = cli_float(0, 1024)
+
 
 def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, prefixes: tuple[str, ...] = ("",)) -> None:
     for prefix in prefixes:
-        p.add_argument(f"--{prefix}steps", type=int, default=steps, help="optimizer steps")
-        p.add_argument(f"--{prefix}batch-size", type=int, default=batch, help="samples per process and micro-step")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+        p.add_argument(f"--{prefix}steps", type=cli_int(1, 1_000_000), default=steps, help="optimizer steps")
+        p.add_argument(f"--{prefix}batch-size", type=cli_int(1, 4096), default=batch,
+                       help="samples per process and micro-step")
+    p.add_argument("--grad-accum", type=cli_int(1, 1024), default=1, help="micro-steps per optimizer step")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto: bf16 on CUDA (fp16 where bf16 is unsupported), no on CPU")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     p.add_argument("--no-8bit-adam", action="store_true", help="32-bit AdamW even when bitsandbytes is installed")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--preview-every", type=int, default=0, help="save a preview every N steps (0: never)")
-    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--max-grad-norm", type=cli_float(0, 1e6), default=1.0, help="gradient clipping (0: off)")
+    p.add_argument("--warmup-steps", type=cli_int(0, 1_000_000), default=0)
+    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
+    p.add_argument("--checkpoint-every", type=cli_int(1, 1_000_000), default=100)
+    p.add_argument("--keep-checkpoints", type=cli_int(1, 1000), default=2)
+    p.add_argument("--preview-every", type=cli_int(0, 1_000_000), default=0,
+                   help="save a preview every N steps (0: never)")
+    p.add_argument("--log-every", type=cli_int(0, 1_000_000), default=25)
 
 
 def _stage1_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--vision", required=True,
                    help="CLIP vision tower: a models/clip_vision .safetensors file or a transformers folder")
-    p.add_argument(f"--{prefix}lr", type=float, default=1e-4, help="learning rate of the token rows")
-    p.add_argument("--text-lora-rank", type=int, default=0, help="text-encoder LoRA rank (0: token rows only)")
-    p.add_argument("--text-lora-alpha", type=float, default=0.0, help="0: the rank")
-    p.add_argument("--text-lora-lr", type=float, default=1e-4)
+    p.add_argument(f"--{prefix}lr", type=LR, default=1e-4, help="learning rate of the token rows")
+    p.add_argument("--text-lora-rank", type=RANK, default=0, help="text-encoder LoRA rank (0: token rows only)")
+    p.add_argument("--text-lora-alpha", type=ALPHA, default=0.0, help="0: the rank")
+    p.add_argument("--text-lora-lr", type=LR, default=1e-4)
     p.add_argument("--learnable-temperature", action="store_true")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction held out for the retrieval metric")
+    p.add_argument("--holdout", type=cli_float(0, 0.99), default=0.1, help="fraction held out for the retrieval metric")
 
 
 def _stage2_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument(f"--{prefix}lr", type=float, default=2e-4, help="learning rate of the UNet LoRA")
-    p.add_argument("--token-lr", type=float, default=5e-5, help="learning rate of the token rows")
+    p.add_argument(f"--{prefix}lr", type=LR, default=2e-4, help="learning rate of the UNet LoRA")
+    p.add_argument("--token-lr", type=LR, default=5e-5, help="learning rate of the token rows")
     p.add_argument("--freeze-tokens", action="store_true", help="train the UNet LoRA only")
-    p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--lora-alpha", type=float, default=0.0, help="0: the rank")
+    p.add_argument("--lora-rank", type=cli_int(1, 256), default=16)
+    p.add_argument("--lora-alpha", type=ALPHA, default=0.0, help="0: the rank")
     p.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0", help="comma-separated UNet module names")
     p.add_argument("--masked-loss", action="store_true", help="weight the loss by the slot masks")
-    p.add_argument("--background-weight", type=float, default=0.1, help="loss weight outside the masks")
-    p.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR weighting (0: off, 5 is common)")
-    p.add_argument("--noise-offset", type=float, default=0.0)
-    p.add_argument("--prior-weight", type=float, default=0.0, help="prior preservation weight (0: off)")
-    p.add_argument("--prior-images", type=int, default=8, help="class images per class word")
+    p.add_argument("--background-weight", type=cli_float(0, 1), default=0.1, help="loss weight outside the masks")
+    p.add_argument("--min-snr-gamma", type=cli_float(0, 100), default=0.0,
+                   help="min-SNR weighting (0: off, 5 is common)")
+    p.add_argument("--noise-offset", type=cli_float(0, 1), default=0.0)
+    p.add_argument("--prior-weight", type=cli_float(0, 10), default=0.0, help="prior preservation weight (0: off)")
+    p.add_argument("--prior-images", type=cli_int(1, 1000), default=8, help="class images per class word")
     p.add_argument("--class-dir", help="class images as CLASS_DIR/<class word>/*.png (missing ones are generated)")
-    p.add_argument("--preview-steps", type=int, default=20, help="sampling steps of previews/thumbnail (0: none)")
+    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20,
+                   help="sampling steps of previews/thumbnail (0: none)")
     p.add_argument("--preview-prompt", default="", help="default: the dataset's first Mix caption")
 
 
@@ -75,9 +85,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--base", required=True, help="base model: diffusers folder or single-file checkpoint")
     common.add_argument("--run-dir", required=True, help="run folder (checkpoints, curve, outputs); reused to resume")
     common.add_argument("--out", help="also write the resulting concept file here")
+    common.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     common.add_argument("--restart", action="store_true", help="discard the run folder's earlier progress")
     common.add_argument("--device", help="cuda, cuda:N or cpu (default: what the launcher assigns)")
-    common.add_argument("--vectors", type=int, default=2, help="token vectors per concept")
+    common.add_argument("--vectors", type=cli_int(1, 16), default=2, help="token vectors per concept")
 
     s1 = sub.add_parser("stage1", parents=[common], help="contrastive stage: concept token rows (+ text LoRA)")
     _loop_args(s1, steps=400, batch=32)
@@ -143,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..concepts.file_format import load_concept_file, save_concept_file
     from ..models.loader import load_base_model
     from ..progress import Reporter
+    from .data import open_dataset
     from .loop import make_accelerator
 
     if args.stage == "both":
@@ -155,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         configs = [_stage2_config(args, args.lr, _loop(args, args.steps, args.batch_size))]
     for config in configs:
         config.check()
+    if args.out:
+        refuse_existing([args.out], args.overwrite)
+    open_dataset(args.dataset)  # a broken or hostile dataset is refused before the model loads
     accelerator = make_accelerator(configs[0].loop, torch.device(args.device) if args.device else None)
     cli_reporter = tqdm_reporter(f"clif train {args.stage}")  # also turns Ctrl-C into a clean stop
     reporter = cli_reporter if accelerator.is_main_process else Reporter(should_stop=cli_reporter.should_stop,

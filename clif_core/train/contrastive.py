@@ -27,6 +27,7 @@ from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.lora_keys import TEXT_LORA_TARGETS, lora_from_peft, text_encoder_keys
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
+from clif_core.validation import check_finite_fields
 
 from . import data
 from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
@@ -62,6 +63,7 @@ class ContrastiveConfig:
 
     def check(self) -> None:
         self.loop.check()
+        check_finite_fields(self, "stage 1 setting")
         if self.vectors < 1:
             raise ClifError(f"vectors per concept is {self.vectors}; it must be at least 1")
         for name in ("lr", "text_lora_lr", "temperature_lr"):

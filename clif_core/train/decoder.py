@@ -25,6 +25,7 @@ from clif_core.concepts.file_format import ConceptFile, make_thumbnail
 from clif_core.concepts.lora_keys import UNET_LORA_TARGETS, UNET_PREFIX, lora_from_peft
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
+from clif_core.validation import check_finite_fields
 
 from . import data
 from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
@@ -67,6 +68,7 @@ class DecoderConfig:
 
     def check(self) -> None:
         self.loop.check()
+        check_finite_fields(self, "stage 2 setting")
         if self.lora_rank < 1:
             raise ClifError(f"lora_rank is {self.lora_rank}; it must be at least 1")
         bad = [t for t in self.lora_targets if t not in UNET_LORA_TARGETS]

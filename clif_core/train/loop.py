@@ -34,6 +34,7 @@ import torch
 from clif_core.errors import Cancelled, ClifError
 from clif_core.fileio import atomic_path
 from clif_core.progress import SILENT, Reporter
+from clif_core.validation import check_finite_fields
 
 from .checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
 from .curve import draw_loss_curve, save_loss_png, write_loss_csv
@@ -66,6 +67,7 @@ class LoopConfig:
     log_every: int = 10
 
     def check(self) -> None:
+        check_finite_fields(self, "training setting")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ClifError(f"training setting {name} is {getattr(self, name)}; it must be at least 1")

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from clif_core.errors import ClifError
 from clif_core.fileio import write_text_atomic
+from clif_core.validation import field_of, read_json
 
 from .checkpoint import list_checkpoints
 
@@ -94,14 +95,10 @@ class RunFolder:
     def recipe(self) -> Optional[dict[str, Any]]:
         if not self.run_file.is_file():
             return None
-        try:
-            data = json.loads(self.run_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ClifError(
-                f"{self.run_file} cannot be read ({err}); restart the run or use another run folder") from None
+        data = read_json(self.run_file, dict, "restart the run or use another run folder")
         if data.get("format") != FORMAT:
             raise ClifError(f"{self.run_file} is not a CLIF run file; use another run folder")
-        return data["recipe"]
+        return field_of(data, "recipe", dict, str(self.run_file))
 
     def open(self, recipe: Mapping[str, Any], restart: bool = False) -> bool:
         """Prepare the folder for a run of `recipe`; True when earlier progress will be resumed.

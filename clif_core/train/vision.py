@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from clif_core.errors import ClifError
+from clif_core.validation import parse_json, read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -96,15 +97,21 @@ def _from_folder(folder: Path) -> VisionTower:
     if not config_path.is_file():
         raise ClifError(
             f"{folder} has no config.json; a CLIP vision folder is written by transformers' save_pretrained")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    fix = "replace it with the file transformers' save_pretrained wrote"
+    config = read_json(config_path, dict, fix)
     mean, std = CLIP_MEAN, CLIP_STD
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
-        p = json.loads(pre.read_text(encoding="utf-8"))
-        mean, std = tuple(p.get("image_mean", mean)), tuple(p.get("image_std", std))
+        p = read_json(pre, dict, fix)
+        mean, std = (_three_numbers(p, key, default, pre)
+                     for key, default in (("image_mean", mean), ("image_std", std)))
+    if not any(folder.glob("*.safetensors")):
+        raise ClifError(f"{folder} holds no .safetensors weights; pickled weights (pytorch_model.bin) are never "
+                        "loaded. Save the tower with save_pretrained(safe_serialization=True) or use a .safetensors "
+                        "file")
     kind = config.get("model_type")
     if kind == "clip":
-        full = CLIPModel.from_pretrained(folder, local_files_only=True)
+        full = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         vision_config = full.config.vision_config
         vision_config.projection_dim = full.config.projection_dim
         model = CLIPVisionModelWithProjection(vision_config)
@@ -114,9 +121,17 @@ def _from_folder(folder: Path) -> VisionTower:
                            text_projection=full.text_projection.weight.detach().clone(),
                            logit_scale=float(full.logit_scale.item()))
     if kind == "clip_vision_model":
-        model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
+        model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         return VisionTower(model, int(model.config.image_size), mean, std, str(folder))
     raise ClifError(f"{config_path}: model_type {kind!r} is not a CLIP model (expected 'clip' or 'clip_vision_model')")
+
+
+def _three_numbers(record: dict, key: str, default: tuple, where: Path) -> tuple[float, float, float]:
+    value = record.get(key, default)
+    if not (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+        raise ClifError(f"{where}: field {key!r} is {value!r}; it must be three numbers, one per colour channel")
+    return tuple(float(v) for v in value)
 
 
 def _infer_config(sd: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
@@ -164,16 +179,29 @@ def _from_file(path: Path) -> VisionTower:
             f"{where} is in open_clip's layout; use the transformers layout that ComfyUI's clip_vision downloads "
             "use (keys vision_model.…), or a transformers folder"
         )
-    config = json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else _infer_config(sd, where)
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+    if CONFIG_METADATA_KEY in metadata:
+        config = parse_json(metadata[CONFIG_METADATA_KEY], dict, f"{where}: metadata {CONFIG_METADATA_KEY!r}",
+                            "write it with save_vision_tower_file or remove the key")
+    else:
+        config = _infer_config(sd, where)
+    try:
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+        image_size = int(config.get("image_size", model.config.image_size))
+    except Exception as err:  # transformers' config validation raises its own classes (e.g. StrictDataclassError)
+        raise ClifError(f"{where}: metadata {CONFIG_METADATA_KEY!r} is not a CLIP vision config ({err}); write it "
+                        "with save_vision_tower_file or remove the key") from None
     own = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
-    missing, unexpected = model.load_state_dict(own, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(own, strict=False)
+    except RuntimeError as err:  # shapes that do not fit the config
+        first = str(err).split("\n\t", 2)[1].strip() if "\n\t" in str(err) else str(err)
+        raise ClifError(f"{where} does not fit a CLIP vision tower of its config ({first})") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ClifError(f"{where} does not fit a CLIP vision tower: missing {missing[:3]}, unexpected {unexpected[:3]}")
     text_projection = sd.get("text_projection.weight")
     logit_scale = float(sd["logit_scale"].item()) if "logit_scale" in sd else None
-    return VisionTower(model, int(config["image_size"]), CLIP_MEAN, CLIP_STD, where, text_projection, logit_scale)
+    return VisionTower(model, image_size, CLIP_MEAN, CLIP_STD, where, text_projection, logit_scale)
 
 
 def save_vision_tower_file(model: Any, path: str | Path) -> Path:
