@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import Cancelled, ClifError
+from .fileio import filesystem_errors
 from .progress import Reporter
 
 # Modules that add subcommands; imported only when the CLI runs.
@@ -67,7 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        with filesystem_errors():  # a full disk, a read-only folder or a permission problem, wherever it happens
+            result = args.func(args)
     except Cancelled as err:
         print(f"clif: cancelled: {err}", file=sys.stderr)
         return 130
