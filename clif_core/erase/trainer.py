@@ -21,7 +21,7 @@ import torch
 
 from clif_core.concepts.file_format import ConceptFile, make_thumbnail, save_concept_file
 from clif_core.errors import ClifError
-from clif_core.fileio import write_text_atomic
+from clif_core.fileio import in_use, write_text_atomic
 from clif_core.progress import SILENT, Reporter
 from clif_core.train.loop import (
     ParamGroup,
@@ -209,57 +209,59 @@ def erase_concepts(
             "needs it in float32. Choose mixed precision bf16/fp16, or load the base model in float32")
 
     run = RunFolder(run_dir, outputs=(POOL_FILE, METRICS_FILE))
-    recipe = run_recipe(base, config, resolution)
-    if not overwrite:
-        _check_replaceable(Path(out_path), recipe)
-    run.open(recipe, restart=restart)
-    total_pool = len(config.targets) * config.trajectories * config.sample_steps
-    total = total_pool + config.loop.steps
+    with in_use(run.path, enabled=accelerator.is_main_process):
+        recipe = run_recipe(base, config, resolution)
+        if not overwrite:
+            _check_replaceable(Path(out_path), recipe)
+        run.open(recipe, restart=restart)
+        total_pool = len(config.targets) * config.trajectories * config.sample_steps
+        total = total_pool + config.loop.steps
 
-    prompts = unique_prompts([t.target for t in config.targets], [t.alternative for t in config.targets],
-                             config.preserve)
-    table = encode_prompts(base, prompts, (resolution, resolution))
-    key = pool_key(_pool_recipe(base, config, resolution))
-    pool = load_pool(run.output(POOL_FILE), key)
-    if pool is None:
-        reporter.log(f"erase: sampling {config.trajectories} trajectories × {config.sample_steps} steps per target")
-        pool = build_pool(base, table, config.targets, config.preserve, config.trajectories, config.sample_steps,
-                          config.guidance_scale, resolution, config.loop.seed, sub_reporter(reporter, 0, total))
+        prompts = unique_prompts([t.target for t in config.targets], [t.alternative for t in config.targets],
+                                 config.preserve)
+        table = encode_prompts(base, prompts, (resolution, resolution))
+        key = pool_key(_pool_recipe(base, config, resolution))
+        pool = load_pool(run.output(POOL_FILE), key)
+        if pool is None:
+            reporter.log(
+                f"erase: sampling {config.trajectories} trajectories × {config.sample_steps} steps per target")
+            pool = build_pool(base, table, config.targets, config.preserve, config.trajectories, config.sample_steps,
+                              config.guidance_scale, resolution, config.loop.seed, sub_reporter(reporter, 0, total))
+            if accelerator.is_main_process:
+                save_pool(pool, run.output(POOL_FILE), key)
+
+        subset = make_subset(base, config.subset, config.lora_rank, seed_for(config.loop.seed, -3))
+        with subset:
+            task = EraseTask(base, config, table, pool, subset.params(), resolution)
+            train = run_training(task, config.loop, run, accelerator, sub_reporter(reporter, total_pool, total),
+                                 label="erasure")
+            lora, patch_stats = subset.patch_lora(config.patch_tolerance, config.patch_max_rank)
+        if not lora:
+            raise ClifError("the erasure changed no weight (every delta is zero); raise the learning rate or the steps")
+
+        patch = ConceptFile(
+            concepts=[], base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=lora,
+            recipe=recipe, title=title or _title(config), kind="erasure",
+            metadata={
+                "erased": [{"target": t.target, "alternative": t.alternative} for t in config.targets],
+                "preserve": list(config.preserve), "method": config.method, "params": config.subset,
+                "steps": train.steps, "patch": patch_stats,
+                "unet_probe": weight_probe(base.unet, sorted({k.split(".", 1)[0] for k in lora})),
+            },
+        )
+        from clif_core.concepts.apply import apply_concepts
+
+        with apply_concepts(base, [(patch, 1.0)], warn=lambda m: None):
+            metrics = erasure_metrics(base, table, pool, config.eta, config.negative_eta)
+            patch.thumbnail = make_thumbnail(preview_erased(base, table, config, resolution))
+        metrics = {"final_loss": train.final_loss, **metrics,
+                   "patch_max_relative_error": patch_stats["max_relative_error"]}
+        result = EraseResult(patch, Path(out_path), Path(run_dir), metrics, notes, train)
         if accelerator.is_main_process:
-            save_pool(pool, run.output(POOL_FILE), key)
-
-    subset = make_subset(base, config.subset, config.lora_rank, seed_for(config.loop.seed, -3))
-    with subset:
-        task = EraseTask(base, config, table, pool, subset.params(), resolution)
-        train = run_training(task, config.loop, run, accelerator, sub_reporter(reporter, total_pool, total),
-                             label="erasure")
-        lora, patch_stats = subset.patch_lora(config.patch_tolerance, config.patch_max_rank)
-    if not lora:
-        raise ClifError("the erasure changed no weight (every delta is zero); raise the learning rate or the steps")
-
-    patch = ConceptFile(
-        concepts=[], base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=lora,
-        recipe=recipe, title=title or _title(config), kind="erasure",
-        metadata={
-            "erased": [{"target": t.target, "alternative": t.alternative} for t in config.targets],
-            "preserve": list(config.preserve), "method": config.method, "params": config.subset,
-            "steps": train.steps, "patch": patch_stats,
-            "unet_probe": weight_probe(base.unet, sorted({k.split(".", 1)[0] for k in lora})),
-        },
-    )
-    from clif_core.concepts.apply import apply_concepts
-
-    with apply_concepts(base, [(patch, 1.0)], warn=lambda m: None):
-        metrics = erasure_metrics(base, table, pool, config.eta, config.negative_eta)
-        patch.thumbnail = make_thumbnail(preview_erased(base, table, config, resolution))
-    metrics = {"final_loss": train.final_loss, **metrics,
-               "patch_max_relative_error": patch_stats["max_relative_error"]}
-    result = EraseResult(patch, Path(out_path), Path(run_dir), metrics, notes, train)
-    if accelerator.is_main_process:
-        save_concept_file(patch, out_path)
-        write_text_atomic(run.output(METRICS_FILE), json.dumps(
-            {"metrics": metrics, "notes": notes, "patch": str(out_path)}, indent=1, sort_keys=True, allow_nan=True))
-    accelerator.wait_for_everyone()
-    reporter.log("erase: " + result.report().replace("\n", "\n  "))
-    return result
+            save_concept_file(patch, out_path)
+            write_text_atomic(run.output(METRICS_FILE), json.dumps(
+                {"metrics": metrics, "notes": notes, "patch": str(out_path)}, indent=1, sort_keys=True, allow_nan=True))
+        accelerator.wait_for_everyone()
+        reporter.log("erase: " + result.report().replace("\n", "\n  "))
+        return result

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.lora_keys import TEXT_LORA_TARGETS, lora_from_peft, text_encoder_keys
 from clif_core.errors import ClifError
+from clif_core.fileio import in_use
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
@@ -262,48 +263,49 @@ def train_contrastive(
     tower = vision if isinstance(vision, VisionTower) else load_vision_tower(vision, base.device, base.dtype)
     slot_name, note = pair_encoder(base, tower)
     run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
-    recipe = {
-        "stage": "contrastive", "config": config.to_dict(), "base": base_recipe(base),
-        "dataset": data.dataset_fingerprint(ds), "vision": {"projection_dim": tower.projection_dim,
-                                                             "hidden_size": int(tower.model.config.hidden_size)},
-    }
-    open_run(run, recipe, restart, accelerator)
-    reporter.log(f"stage 1: {note}")
+    with in_use(run.path, enabled=accelerator.is_main_process):
+        recipe = {
+            "stage": "contrastive", "config": config.to_dict(), "base": base_recipe(base),
+            "dataset": data.dataset_fingerprint(ds), "vision": {"projection_dim": tower.projection_dim,
+                                                                 "hidden_size": int(tower.model.config.hidden_size)},
+        }
+        open_run(run, recipe, restart, accelerator)
+        reporter.log(f"stage 1: {note}")
 
-    train_idx, held = data.holdout_split(ds.records, config.holdout, config.loop.seed)
-    if not train_idx:
-        raise ClifError(f"dataset {ds.root} leaves no training samples after holding out {config.holdout:.0%}")
-    features = image_features(ds, tower)
-    init = initial_concepts(base, data.dataset_concepts(ds), config.vectors)
-    tokens = ConceptTokens(base, init, trainable=[slot_name])
-    try:
-        slot = base.slot(slot_name)
-        captions = [tokens.expand(r.caption) for r in ds.records]
-        lora = _add_text_lora(slot.encoder, config) if config.text_lora_rank else {}
-        logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
-        text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
-        task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora)
-        before = _evaluate(task, held, accelerator.autocast)
-        trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")
-        after = _evaluate(task, held, accelerator.autocast)
-        text_lora = lora_from_peft(slot.encoder, text_encoder_keys(base.family, slot_name).kohya_prefix, ADAPTER) \
-            if lora else {}
-        concepts = ConceptFile(
-            concepts=tokens.entries(), base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, text_lora=text_lora,
-            recipe={"stage1": recipe}, title=", ".join(c.name for c in init.concepts) + " (stage 1)",
-        )
-    finally:
-        tokens.remove()
-    metrics = {
-        "paired_encoder": slot_name, "projection": text.projection, "temperature": float(text.scale()),
-        "before": before, "after": after, "final_loss": trained.final_loss,
-    }
-    concepts.metadata = {"stage1": {**metrics, "note": note}}
-    result = StageResult(concepts, run.output(OUTPUT), run.path, metrics, [note], trained)
-    write_outputs(result, run, accelerator)
-    reporter.log(f"stage 1 concept cosine {before['concept_cosine']} → {after['concept_cosine']}")
-    return result
+        train_idx, held = data.holdout_split(ds.records, config.holdout, config.loop.seed)
+        if not train_idx:
+            raise ClifError(f"dataset {ds.root} leaves no training samples after holding out {config.holdout:.0%}")
+        features = image_features(ds, tower)
+        init = initial_concepts(base, data.dataset_concepts(ds), config.vectors)
+        tokens = ConceptTokens(base, init, trainable=[slot_name])
+        try:
+            slot = base.slot(slot_name)
+            captions = [tokens.expand(r.caption) for r in ds.records]
+            lora = _add_text_lora(slot.encoder, config) if config.text_lora_rank else {}
+            logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
+            text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
+            task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora)
+            before = _evaluate(task, held, accelerator.autocast)
+            trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")
+            after = _evaluate(task, held, accelerator.autocast)
+            text_lora = lora_from_peft(slot.encoder, text_encoder_keys(base.family, slot_name).kohya_prefix, ADAPTER) \
+                if lora else {}
+            concepts = ConceptFile(
+                concepts=tokens.entries(), base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+                base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, text_lora=text_lora,
+                recipe={"stage1": recipe}, title=", ".join(c.name for c in init.concepts) + " (stage 1)",
+            )
+        finally:
+            tokens.remove()
+        metrics = {
+            "paired_encoder": slot_name, "projection": text.projection, "temperature": float(text.scale()),
+            "before": before, "after": after, "final_loss": trained.final_loss,
+        }
+        concepts.metadata = {"stage1": {**metrics, "note": note}}
+        result = StageResult(concepts, run.output(OUTPUT), run.path, metrics, [note], trained)
+        write_outputs(result, run, accelerator)
+        reporter.log(f"stage 1 concept cosine {before['concept_cosine']} → {after['concept_cosine']}")
+        return result
 
 
 def _add_text_lora(encoder: Any, config: ContrastiveConfig) -> dict[str, torch.nn.Parameter]:

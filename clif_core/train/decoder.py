@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from clif_core.concepts.file_format import ConceptFile, make_thumbnail
 from clif_core.concepts.lora_keys import UNET_LORA_TARGETS, UNET_PREFIX, lora_from_peft
 from clif_core.errors import ClifError
+from clif_core.fileio import in_use
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
@@ -292,58 +293,59 @@ def train_decoder(
     accelerator = accelerator or make_accelerator(config.loop, base.device)
     check_precision(base, accelerator.mixed_precision)
     run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
-    recipe = {
-        "stage": "decoder", "config": config.to_dict(), "base": base_recipe(base),
-        "dataset": data.dataset_fingerprint(ds), "init": _fingerprint(init) if init is not None else None,
-        "class_dir": str(class_dir) if class_dir and config.prior_weight else None,
-    }
-    open_run(run, recipe, restart, accelerator)
+    with in_use(run.path, enabled=accelerator.is_main_process):
+        recipe = {
+            "stage": "decoder", "config": config.to_dict(), "base": base_recipe(base),
+            "dataset": data.dataset_fingerprint(ds), "init": _fingerprint(init) if init is not None else None,
+            "class_dir": str(class_dir) if class_dir and config.prior_weight else None,
+        }
+        open_run(run, recipe, restart, accelerator)
 
-    encoded = _encode_dataset(base, ds, config)
-    prior_images = None
-    if config.prior_weight:
-        words = sorted({c[2] for c in concepts})
-        with accelerator.main_process_first():
-            prior_images = class_images(
-                base, words, config.prior_images, config.loop.seed, run.path / "class_images",
-                config.prior_generation_steps, Path(class_dir) if class_dir else None, generate, reporter)
-    start = init if init is not None else initial_concepts(base, concepts, config.vectors)
-    tokens = ConceptTokens(base, start, trainable=[s.name for s in base.text] if config.train_tokens else [])
-    try:
-        train_latents = Latents(encoded.mean, encoded.std, [tokens.expand(c) for c in encoded.captions],
-                                encoded.weights, encoded.size)
-        prior = _prior_latents(base, prior_images, encoded) if prior_images else None
-        lora = _add_unet_lora(base.unet, config)
-        preview_prompt = config.preview_prompt or next(
-            (r.caption for r in ds.records if r.kind == "M"), ds.records[0].caption)
-        task = DecoderTask(base, tokens, lora, config, train_latents, prior, preview_prompt)
-        before = task.fixed_loss(config.loop.seed, accelerator.autocast)
-        trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
-        after = task.fixed_loss(config.loop.seed, accelerator.autocast)
-        thumbnail = None
-        if config.preview_steps and accelerator.is_main_process:
-            with torch.no_grad(), accelerator.autocast():
-                thumbnail = make_thumbnail(task.preview())
-        unet_lora = lora_from_peft(base.unet, UNET_PREFIX, ADAPTER)
-        entries = tokens.entries()
-    finally:
-        tokens.remove()
-    metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
-               "prediction_type": task.prediction_type, "preview_prompt": preview_prompt}
-    notes = []
-    if init is not None and init.metadata.get("stage1", {}).get("note"):
-        notes.append(init.metadata["stage1"]["note"])
-    result_file = ConceptFile(
-        concepts=entries, base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=unet_lora,
-        text_lora=dict(init.text_lora) if init is not None else {},
-        recipe={**(init.recipe if init is not None else {}), "stage2": recipe},
-        title=", ".join(c.name for c in entries), thumbnail=thumbnail,
-        metadata={**(init.metadata if init is not None else {}), "stage2": metrics},
-    )
-    result = StageResult(result_file, run.output(OUTPUT), run.path, metrics, notes, trained)
-    write_outputs(result, run, accelerator)
-    return result
+        encoded = _encode_dataset(base, ds, config)
+        prior_images = None
+        if config.prior_weight:
+            words = sorted({c[2] for c in concepts})
+            with accelerator.main_process_first():
+                prior_images = class_images(
+                    base, words, config.prior_images, config.loop.seed, run.path / "class_images",
+                    config.prior_generation_steps, Path(class_dir) if class_dir else None, generate, reporter)
+        start = init if init is not None else initial_concepts(base, concepts, config.vectors)
+        tokens = ConceptTokens(base, start, trainable=[s.name for s in base.text] if config.train_tokens else [])
+        try:
+            train_latents = Latents(encoded.mean, encoded.std, [tokens.expand(c) for c in encoded.captions],
+                                    encoded.weights, encoded.size)
+            prior = _prior_latents(base, prior_images, encoded) if prior_images else None
+            lora = _add_unet_lora(base.unet, config)
+            preview_prompt = config.preview_prompt or next(
+                (r.caption for r in ds.records if r.kind == "M"), ds.records[0].caption)
+            task = DecoderTask(base, tokens, lora, config, train_latents, prior, preview_prompt)
+            before = task.fixed_loss(config.loop.seed, accelerator.autocast)
+            trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
+            after = task.fixed_loss(config.loop.seed, accelerator.autocast)
+            thumbnail = None
+            if config.preview_steps and accelerator.is_main_process:
+                with torch.no_grad(), accelerator.autocast():
+                    thumbnail = make_thumbnail(task.preview())
+            unet_lora = lora_from_peft(base.unet, UNET_PREFIX, ADAPTER)
+            entries = tokens.entries()
+        finally:
+            tokens.remove()
+        metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
+                   "prediction_type": task.prediction_type, "preview_prompt": preview_prompt}
+        notes = []
+        if init is not None and init.metadata.get("stage1", {}).get("note"):
+            notes.append(init.metadata["stage1"]["note"])
+        result_file = ConceptFile(
+            concepts=entries, base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=unet_lora,
+            text_lora=dict(init.text_lora) if init is not None else {},
+            recipe={**(init.recipe if init is not None else {}), "stage2": recipe},
+            title=", ".join(c.name for c in entries), thumbnail=thumbnail,
+            metadata={**(init.metadata if init is not None else {}), "stage2": metrics},
+        )
+        result = StageResult(result_file, run.output(OUTPUT), run.path, metrics, notes, trained)
+        write_outputs(result, run, accelerator)
+        return result
 
 
 def _encode_dataset(base: Any, ds: Any, config: DecoderConfig, batch: int = 8) -> Latents:
