@@ -16,8 +16,9 @@ the order of one epoch, how to load a batch and its loss. `run_training` owns th
   every micro-step. A cancel (or an exception from the reporter, as ComfyUI's interrupt) between steps
   saves a checkpoint of the finished steps first, so running again continues where it stopped;
 - periodic checkpoints into the run folder (the last `keep_checkpoints` kept), the loss curve as CSV/PNG;
-- a loss that is not finite stops the run with a ClifError before the optimizer step, leaving the last
-  good checkpoint as it is.
+- a loss that is not finite stops the run with a ClifError before the optimizer step, and trainable weights
+  that turn NaN or infinite (checked every `WEIGHT_CHECK_EVERY` steps and before every checkpoint) stop it
+  after the step; either way the last good checkpoint stays as it is and nothing final is written.
 The loop never writes a trainer's final output: trainers do that after `run_training` returns.
 """
 
@@ -42,6 +43,8 @@ from .optim import make_optimizer, warmup_factor
 from .run_folder import RunFolder
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
+WEIGHT_CHECK_EVERY = 10
+"""Steps between checks that the trainable weights are finite (one pass over them; also before every save)."""
 
 
 @dataclass
@@ -212,6 +215,17 @@ class _EpochOrders:
         return self.order
 
 
+def _non_finite(named: dict[str, torch.nn.Parameter]) -> Optional[str]:
+    """The name of the first trainable tensor holding NaN or infinity, else None."""
+    return next((k for k, p in named.items() if not bool(torch.isfinite(p).all())), None)
+
+
+def _last_good(run: RunFolder) -> str:
+    kept = run.checkpoints()
+    return f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else \
+        "no checkpoint was written yet"
+
+
 def run_training(
     task: TrainTask,
     config: LoopConfig,
@@ -224,7 +238,7 @@ def run_training(
 
     `run` must have been opened (`RunFolder.open`) with the recipe of this run. Returns the loss history of
     the whole run (earlier sessions included). Raises Cancelled when the reporter asks to stop and ClifError
-    when the loss is not finite.
+    when the loss or the trainable weights are not finite.
     """
     config.check()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -283,8 +297,17 @@ def run_training(
             f"(batch size {config.batch_size} × {world} process(es)); lower the batch size or add samples"
         )
 
+    def check_weights(step: int) -> None:
+        bad = _non_finite(named)
+        if bad is not None:
+            raise ClifError(
+                f"{label}: the trainable weights ({bad}) became NaN or infinite at step {step}; the run stopped "
+                f"and {_last_good(run)}. Lower the learning rate, keep gradient clipping on (max_grad_norm), "
+                "use bf16 instead of fp16, or check the data")
+
     def save(step: int) -> None:
         nonlocal last_saved
+        check_weights(step)
         if main:
             ckpt = Checkpoint(
                 step=step,
@@ -342,12 +365,9 @@ def run_training(
                     mean_loss = accelerator.reduce(mean_loss, "mean")
                 value = float(mean_loss.item())
                 if not math.isfinite(value):
-                    kept = run.checkpoints()
-                    where = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else \
-                        "no checkpoint was written yet"
                     raise ClifError(
-                        f"{label}: the loss became {value} at step {step + 1}; the run stopped and {where}. "
-                        "Lower the learning rate, use bf16 instead of fp16, or check the data"
+                        f"{label}: the loss became {value} at step {step + 1}; the run stopped and "
+                        f"{_last_good(run)}. Lower the learning rate, use bf16 instead of fp16, or check the data"
                     )
                 if world > 1:
                     for p in params:
@@ -361,6 +381,8 @@ def run_training(
                 step += 1
                 history.append((step, value, optimizer.param_groups[0]["lr"]))
                 between_steps = True
+                if step % WEIGHT_CHECK_EVERY == 0:
+                    check_weights(step)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     save(step)
                     accelerator.wait_for_everyone()
@@ -375,7 +397,7 @@ def run_training(
                 reporter.progress(step, config.steps, preview)
     except BaseException:
         # A cancel (or the host's interrupt raised from the reporter) between steps keeps the finished ones.
-        if between_steps and step > last_saved:
+        if between_steps and step > last_saved and _non_finite(named) is None:
             save(step)
             reporter.log(f"{label}: stopped after step {step}; checkpoint saved, running again resumes here")
         raise
