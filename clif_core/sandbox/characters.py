@@ -53,6 +53,7 @@ from clif_core.sandbox.scene import (
     describe,
 )
 from clif_core.sandbox.world import WorldConfig, compose, fit
+from clif_core.validation import check_plain_name
 
 SPEC_FORMAT = "clif-sandbox-characters"
 SPEC_VERSION = 1
@@ -206,6 +207,7 @@ def parse_characters(data: Any, source: str = "<characters>") -> CharacterSet:
     for name, value in chars.items():
         if not name or any(c.isspace() for c in name):
             raise r.fail(f"characters.{name!r}", "a character name is one word without spaces")
+        check_plain_name(name, f"{source}: the character name in characters")  # it names a folder under --out
         characters[name] = r.character(name, value)
     figures: dict[Figure, str] = {}
     for name, c in characters.items():
