@@ -238,7 +238,7 @@ def in_use(path: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
         return
     target = Path(path)
     lock = target.parent / f".{target.name[:200]}.lock"
-    with filesystem_errors(lock):
+    with filesystem_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
