@@ -167,8 +167,8 @@ def test_apply_refuses_a_patch_made_for_another_base_unless_allowed(comfy_server
 
 
 def test_purify_image_keeps_the_picture_size(comfy_server, installed):
-    picture = np.zeros((37, 50, 3), dtype=np.uint8)
-    picture[:, :25] = (200, 50, 50)
+    picture = np.zeros((67, 90, 3), dtype=np.uint8)  # odd sizes, above the 64 px minimum side
+    picture[:, :45] = (200, 50, 50)
     Image.fromarray(picture).save(comfy_server.input_dir / "purify_me.png")
     graph = {
         "1": {"class_type": "CLIFLoadBaseModel", "inputs": {"base_model": CHECKPOINT}},
@@ -180,4 +180,4 @@ def test_purify_image_keeps_the_picture_size(comfy_server, installed):
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "erase/purified"}},
     }
     [path] = comfy_server.output_files(comfy_server.run(graph, timeout=240))
-    assert Image.open(path).size == (50, 37)
+    assert Image.open(path).size == (90, 67)
