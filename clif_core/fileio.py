@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
@@ -84,9 +84,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(folder: Path) -> None:
+def _sweep_stale(folder: Path) -> None:
     """Remove the temps in `folder` left by processes that are gone; a previous folder `atomic_dir` had
-    moved aside when its process died is put back if nothing replaced it, else removed."""
+    moved aside when its process died is put back if nothing replaced it, else removed.
+
+    Best effort: another process may be sweeping the same entries, so what fails here is left as it is.
+    """
     try:
         names = os.listdir(folder)
     except OSError:
@@ -96,18 +99,19 @@ def sweep_stale(folder: Path) -> None:
         if (temp is None and old is None) or _alive(int(temp.group(1) if temp else old.group(2))):
             continue
         path = folder / name
-        if old is not None and not (folder / old.group(1)).exists():
-            os.replace(path, folder / old.group(1))
-        elif path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        with suppress(OSError):
+            if old is not None and not (folder / old.group(1)).exists():
+                os.replace(path, folder / old.group(1))
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _make_temp_dir(target: Path) -> Path:
     """A private folder beside `target` named as a temp of this process, after sweeping stale ones."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target.parent)
+    _sweep_stale(target.parent)
     tmp = target.parent / f".{target.name[:180]}.clif-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     tmp.mkdir(mode=0o700)
     return tmp
