@@ -115,6 +115,7 @@ def test_corrupt_concept_file_fails_on_its_node_and_server_goes_on(comfy_server,
     render(comfy_server, native_graph("<alice>", "concepts/after_broken", "alice_bob.safetensors"))
 
 
+@pytest.mark.every_comfyui
 def test_save_and_export_nodes_write_files_the_stock_nodes_render_like_apply(comfy_server, installed):
     from clif_core.concepts.file_format import load_concept_file
 
