@@ -331,7 +331,9 @@ class LossPlot(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, run_dir: str, **_) -> tuple:
+    def fingerprint_inputs(cls, run_dir: str | None = None, **_) -> tuple | float:
+        if run_dir is None:  # linked to a training node: the folder is known only when the node runs
+            return float("nan")  # never equal to itself, so the cheap plot is always drawn afresh
         try:
             curves = _curves(_resolve_run(run_dir))
         except ValueError:
