@@ -166,7 +166,9 @@ class ConceptFromImages(io.ComfyNode):
             "transparent PNGs). Pictures without a mask are segmented later.",
             inputs=[
                 io.Image.Input("images"),
-                io.String.Input("name", default="concept"),
+                io.String.Input("name", default="concept",
+                                tooltip="the concept's name: its placeholder token is <name> in captions and "
+                                "prompts"),
                 *_CONCEPT_FIELDS,
                 io.Boolean.Input("invert_mask", default=True,
                                  tooltip="On: the MASK is 1 where the picture is transparent (Load Image's "
@@ -210,7 +212,9 @@ class LoadSegmenter(io.ComfyNode):
             description="A segmenter for concept pictures: a segment-anything checkpoint from models/sams "
             "(vit_b/vit_l/vit_h, detected from the weights), the weight-free fallback (plain backdrops), or "
             "your masks only.",
-            inputs=[io.Combo.Input("sam_model", options=_sam_choices(), default=FALLBACK)],
+            inputs=[io.Combo.Input("sam_model", options=_sam_choices(), default=FALLBACK,
+                                   tooltip="segment-anything weights in models/sams, or the weight-free fallback "
+                                   "segmenter")],
             outputs=[SegmenterType.Output(display_name="segmenter")],
         )
 
@@ -341,7 +345,8 @@ class Augment(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 ConceptType.Input("concept_1"),
-                io.String.Input("dataset_name", default="my_dataset"),
+                io.String.Input("dataset_name", default="my_dataset",
+                                tooltip="the dataset folder: output/clif_datasets/<dataset_name>/"),
                 io.String.Input("common_words", default="chef, dog, jean jacket",
                                 tooltip="Things the base model knows, comma-separated."),
                 io.Combo.Input("common_folder", options=[NO_FOLDER, *_input_folders()], default=NO_FOLDER,
@@ -350,11 +355,14 @@ class Augment(io.ComfyNode):
                 *toggles,
                 io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
                              tooltip="Square canvas side: 512 for SD1.x, 768 for SD2.x, 1024 for SDXL."),
-                io.Combo.Input("layout", options=["left_right", "top_bottom", "both"], default="left_right"),
+                io.Combo.Input("layout", options=["left_right", "top_bottom", "both"], default="left_right",
+                               tooltip="where the two concept slots sit on the canvas: side by side, stacked, or "
+                               "both"),
                 io.Boolean.Input("both_orders", default=True, tooltip="Render every pair in both slot orders."),
                 io.Int.Input("n_parts", default=4, min=1, max=12,
                              tooltip="Parts per concept picture when the concept has no part names."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="seed of the compositions (which pictures, parts and placements)"),
                 io.Int.Input("common_images", default=4, min=1, max=64,
                              tooltip="Pictures generated per common word (when the base model draws them)."),
                 io.Int.Input("common_seed", default=0, min=0, max=2**31 - 1,
@@ -439,7 +447,7 @@ class PreviewDataset(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 DatasetType.Input("dataset"),
-                io.Int.Input("n_samples", default=8, min=1, max=64),
+                io.Int.Input("n_samples", default=8, min=1, max=64, tooltip="how many samples the grid shows"),
                 io.Combo.Input("kind", options=PREVIEW_KINDS, default="all",
                                tooltip="G Global, R Region, M Mix, single; all: samples spread over every kind."),
             ],

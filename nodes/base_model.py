@@ -80,7 +80,9 @@ class LoadBaseModel(io.ComfyNode):
             category="CLIF/models",
             description="Loads an SD1.x, SD2.x or SDXL model (checkpoint or diffusers folder) for the CLIF "
             "nodes, and as MODEL/CLIP/VAE for ComfyUI's own nodes.",
-            inputs=[io.Combo.Input("base_model", options=base_model_choices())],
+            inputs=[io.Combo.Input("base_model", options=base_model_choices(),
+                                   tooltip="a single-file checkpoint in models/checkpoints or a diffusers folder in "
+                                   "models/diffusers")],
             outputs=[
                 BaseModelType.Output(display_name="clif_base"),
                 io.Model.Output(display_name="MODEL"),

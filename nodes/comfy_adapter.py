@@ -14,14 +14,16 @@ import numpy as np
 import torch
 
 CONCEPTS_FOLDER = "clif_concepts"
+ERASURE_FOLDER = "clif_erasure"  # erasure patches; older ones in clif_concepts still load
 SAMS_FOLDER = "sams"
 RUNS_FOLDER = "clif_runs"  # under ComfyUI's output/: training and erasure runs, resumable
-_MODEL_FOLDERS = {CONCEPTS_FOLDER: {".safetensors"}, SAMS_FOLDER: {".pth", ".safetensors"}}
+_MODEL_FOLDERS = {CONCEPTS_FOLDER: {".safetensors"}, ERASURE_FOLDER: {".safetensors"},
+                  SAMS_FOLDER: {".pth", ".safetensors"}}
 log = logging.getLogger("clif")
 
 
 def register_model_folders() -> None:
-    """Register models/clif_concepts and models/sams with ComfyUI (idempotent).
+    """Register models/clif_concepts, models/clif_erasure and models/sams with ComfyUI (idempotent).
 
     Paths other packs or extra_model_paths.yaml registered are kept; their extension sets are extended.
     """

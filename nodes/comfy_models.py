@@ -8,23 +8,24 @@ configs (CLIP-L: 768 wide, 12 layers). For those, the ComfyUI model config is an
 own class (SD15 / SD20 / SDXL) with the UNet config ComfyUI detects from the weights, and the text encoders,
 VAE and noise schedule take their sizes from the diffusers/transformers configs the file carries
 (`clif.diffusers_configs`). Everything is built with ComfyUI's classes; nothing is re-implemented here.
+The few reaches into ComfyUI internals that have no public form go through comfy_compat.
 
 ComfyUI is imported inside the functions only: the pack must import cheaply when ComfyUI starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 from clif_core.errors import ClifError
 
+from . import comfy_compat
+
 # ComfyUI's CLIP text model has a fixed 49408-token embedding table and its tokenizer pads to 77.
 _COMFY_CLIP_VOCAB = 49408
 _COMFY_CLIP_POSITIONS = 77
-_COMFY_GROUP_NORM = 32  # ComfyUI builds its UNet's and VAE's GroupNorms with 32 groups; other counts are set below
 _SDXL_TIME_EMBED = 256
 # diffusers beta schedule name → ComfyUI's name for the same schedule
 _BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
@@ -89,7 +90,6 @@ def _small_family_classes() -> dict[str, type]:
     """The family classes ComfyUI matches by exact widths, made to take their prediction type and SDXL
     size-conditioning width from the model's configs instead of the published model's."""
     import comfy.model_base
-    import comfy.ops
     import comfy.supported_models as sm
 
     class FromConfigs:
@@ -99,16 +99,14 @@ def _small_family_classes() -> dict[str, type]:
         def model_type(self, state_dict, prefix=""):
             return self.prediction
 
-        groups: int = _COMFY_GROUP_NORM
+        groups: int = comfy_compat.COMFY_GROUP_NORM
 
         def get_model(self, state_dict, prefix="", device=None):
-            if self.groups != _COMFY_GROUP_NORM:  # the dtypes are known now (set_inference_dtype ran)
-                picked = comfy.ops.pick_operations(self.unet_config.get("dtype"), self.manual_cast_dtype,
-                                                   model_config=self)
-                self.custom_operations = _with_group_norm(picked, self.groups)
+            if self.groups != comfy_compat.COMFY_GROUP_NORM:  # the dtypes are known now (set_inference_dtype ran)
+                self.custom_operations = comfy_compat.unet_operations(self, self.groups)
             model = super().get_model(state_dict, prefix, device)
-            if isinstance(model, comfy.model_base.SDXL) and self.time_embed_dim != model.embedder.dim:
-                model.embedder = comfy.model_base.Timestep(self.time_embed_dim)
+            if isinstance(model, comfy.model_base.SDXL):
+                comfy_compat.set_size_embedding_width(model, self.time_embed_dim)
             return model
 
     return {
@@ -123,7 +121,7 @@ def _small_model_config(family: str, unet_config: dict, configs: Mapping[str, di
 
     unet_cfg, scheduler_cfg, vae_cfg = configs["unet"], configs["scheduler"], configs["vae"]
     model_config = _small_family_classes()[family](unet_config)
-    model_config.groups = int(unet_cfg.get("norm_num_groups", _COMFY_GROUP_NORM))
+    model_config.groups = int(unet_cfg.get("norm_num_groups", comfy_compat.COMFY_GROUP_NORM))
     model_config.unet_config.update(_attention_heads(unet_cfg, source))
 
     prediction = scheduler_cfg.get("prediction_type", "epsilon")
@@ -212,7 +210,7 @@ def _vae(model_config, state: dict, vae_cfg: Mapping[str, Any], source: Path):
         "num_res_blocks": int(vae_cfg["layers_per_block"]), "attn_resolutions": [], "dropout": 0.0,
     }
     try:
-        with _vae_group_norm(int(vae_cfg.get("norm_num_groups", _COMFY_GROUP_NORM))):
+        with comfy_compat.vae_group_norm(int(vae_cfg.get("norm_num_groups", comfy_compat.COMFY_GROUP_NORM))):
             vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": ddconfig, "embed_dim": latent}})
     except RuntimeError as err:  # torch's size-mismatch report
         raise _mismatch(source, "VAE", err) from None
@@ -220,31 +218,6 @@ def _vae(model_config, state: dict, vae_cfg: Mapping[str, Any], source: Path):
     vae.latent_channels = latent
     vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(widths) - 1)
     return vae
-
-
-def _with_group_norm(operations: type, groups: int) -> type:
-    """ComfyUI's UNet operations with every GroupNorm built with `groups` groups (its UNet asks for 32)."""
-
-    class GroupNorm(operations.GroupNorm):
-        def __init__(self, num_groups, num_channels, *args, **kwargs):
-            super().__init__(groups, num_channels, *args, **kwargs)
-
-    return type(f"{operations.__name__}Groups{groups}", (operations,), {"GroupNorm": GroupNorm})
-
-
-@contextlib.contextmanager
-def _vae_group_norm(groups: int):
-    """ComfyUI's VAE blocks make every GroupNorm through one function that asks the module's `ops` for 32
-    groups; while the VAE is built, `ops` makes `groups` (ComfyUI runs one prompt at a time)."""
-    import comfy.ldm.modules.diffusionmodules.model as blocks
-
-    original = blocks.ops
-    if groups != _COMFY_GROUP_NORM:
-        blocks.ops = _with_group_norm(original, groups)
-    try:
-        yield
-    finally:
-        blocks.ops = original
 
 
 def _clip(model_config, state: dict, family: str, configs: Mapping[str, dict], embedding_directory, source: Path):
@@ -334,7 +307,7 @@ def _tokenizer_for_widths(tokenizer_cls, widths: Mapping[str, int]):
     def make(embedding_directory=None, tokenizer_data={}):
         tokenizer = tokenizer_cls(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data)
         for slot, width in widths.items():
-            getattr(tokenizer, slot).embedding_size = width
+            comfy_compat.set_embedding_width(tokenizer, slot, width)
         return tokenizer
 
     return make

@@ -32,7 +32,8 @@ class LoadConceptFile(io.ComfyNode):
             display_name="CLIF Load Concept File",
             category="CLIF/concepts",
             description="Loads a concept file (.safetensors) from models/clif_concepts.",
-            inputs=[io.Combo.Input("concept_file", options=_concept_file_choices())],
+            inputs=[io.Combo.Input("concept_file", options=_concept_file_choices(),
+                                   tooltip="a concept file in models/clif_concepts")],
             outputs=[ConceptsType.Output(display_name="concepts"), io.String.Output(display_name="summary")],
         )
 
@@ -66,8 +67,9 @@ class SaveConceptFile(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 ConceptsType.Input("concepts"),
-                io.String.Input("filename", default="my_concepts"),
-                io.Boolean.Input("overwrite", default=False),
+                io.String.Input("filename", default="my_concepts",
+                                tooltip="models/clif_concepts/<filename>.safetensors"),
+                io.Boolean.Input("overwrite", default=False, tooltip="replace an existing file of that name"),
             ],
             outputs=[io.String.Output(display_name="path")],
         )
@@ -102,8 +104,10 @@ class ApplyConcepts(io.ComfyNode):
                 io.Model.Input("model"),
                 io.Clip.Input("clip"),
                 ConceptsType.Input("concepts"),
-                io.Float.Input("strength_model", default=1.0, min=-4.0, max=4.0, step=0.05),
-                io.Float.Input("strength_clip", default=1.0, min=-4.0, max=4.0, step=0.05),
+                io.Float.Input("strength_model", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="strength of the concept file's UNet LoRA on the MODEL (0: off)"),
+                io.Float.Input("strength_clip", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="strength of the concept file's text-encoder LoRA on the CLIP (0: off)"),
             ],
             outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP")],
         )
@@ -128,8 +132,10 @@ class ExportConcepts(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 ConceptsType.Input("concepts"),
-                io.String.Input("name", default="my_concepts"),
-                io.Boolean.Input("overwrite", default=False),
+                io.String.Input("name", default="my_concepts",
+                                tooltip="name of the LoRA in models/loras; each concept's embedding is "
+                                "models/embeddings/<token>"),
+                io.Boolean.Input("overwrite", default=False, tooltip="replace existing files of those names"),
             ],
             outputs=[io.String.Output(display_name="files")],
         )

@@ -2,36 +2,17 @@
 
 LoRA weights go through ComfyUI's own LoRA loader (`comfy.sd.load_lora_for_models`: clone +
 add_patches). Token embeddings are injected by giving the cloned CLIP its own tokenizer copy that
-resolves the concept placeholders ("<alice>") to the concept vectors, through the same mechanism
-ComfyUI uses for `embedding:name` files.
+rewrites the concept placeholders ("<alice>") to `embedding:<alice>` words and resolves those to the
+concept vectors in memory (comfy_compat.with_memory_embeddings: ComfyUI's `embedding:` route, minus the
+file).
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Callable
 
 import torch
-
-
-def _inner_tokenizers(tokenizer) -> list[tuple[str, object]]:
-    """The per-encoder SDTokenizer attributes of a ComfyUI tokenizer (clip_l, clip_g, clip_h...)."""
-    return [
-        (name, value)
-        for name, value in vars(tokenizer).items()
-        if hasattr(value, "_try_get_embedding") and hasattr(value, "embedding_key")
-    ]
-
-
-def _resolver(previous: Callable, vectors: dict[str, torch.Tensor]) -> Callable:
-    def try_get_embedding(embedding_name: str):
-        words = embedding_name.split()
-        if words and words[0] in vectors:
-            return vectors[words[0]], " ".join(words[1:])
-        return previous(embedding_name)
-
-    return try_get_embedding
 
 
 def _rewriter(previous: Callable, tokens: list[str]) -> Callable:
@@ -49,16 +30,10 @@ def patch_clip_tokens(clip, embeddings: dict[str, dict[str, torch.Tensor]]):
 
     `embeddings` maps placeholder token → {encoder name ("clip_l", "clip_g", "clip_h") → [k, width]}.
     """
+    from .comfy_compat import with_memory_embeddings
+
     patched = clip.clone()
-    tokenizer = copy.copy(clip.tokenizer)
-    for attr, inner in _inner_tokenizers(tokenizer):
-        inner = copy.copy(inner)
-        vectors = {tok: per_encoder[inner.embedding_key] for tok, per_encoder in embeddings.items()
-                   if inner.embedding_key in per_encoder}
-        if inner.embedding_directory is None:
-            inner.embedding_directory = []  # ComfyUI only parses `embedding:` words when this is set
-        inner._try_get_embedding = _resolver(inner._try_get_embedding, vectors)
-        setattr(tokenizer, attr, inner)
+    tokenizer = with_memory_embeddings(clip.tokenizer, embeddings)
     tokenizer.tokenize_with_weights = _rewriter(tokenizer.tokenize_with_weights, list(embeddings))
     patched.tokenizer = tokenizer
     return patched

@@ -2,7 +2,8 @@
 
 An erasure patch travels on the CLIF_CONCEPTS socket (it is a concept file of kind "erasure"), so the
 concept nodes (Save, Export for the stock LoraLoader) and the samplers take it as well. Patches are kept in
-models/clif_concepts; runs in output/clif_runs/<run name>.
+models/clif_erasure (patches made before it existed, in models/clif_concepts, still load); runs in
+output/clif_runs/<run name>.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, RUNS_FOLDER, models_subdir, register_model_folders, trainable_weights, file_state
+from .comfy_adapter import (CONCEPTS_FOLDER, ERASURE_FOLDER, RUNS_FOLDER, file_state, models_subdir,
+                            register_model_folders, trainable_weights)
 from .types import BaseModelType, ConceptsType
 
 METHODS = ["all-but-one", "esd-x", "esd-u", "esd"]
@@ -42,12 +44,31 @@ def _is_patch(path: str) -> bool:
     return _KIND_CACHE[state]
 
 
+def _legacy_patches() -> list[str]:
+    """Erasure patches saved into models/clif_concepts before patches had their own folder."""
+    import folder_paths
+
+    return [name for name in folder_paths.get_filename_list(CONCEPTS_FOLDER)
+            if _is_patch(folder_paths.get_full_path(CONCEPTS_FOLDER, name) or "")]
+
+
 def _patch_choices() -> list[str]:
     import folder_paths
 
     register_model_folders()
-    return [name for name in folder_paths.get_filename_list(CONCEPTS_FOLDER)
-            if _is_patch(folder_paths.get_full_path(CONCEPTS_FOLDER, name) or "")]
+    own = folder_paths.get_filename_list(ERASURE_FOLDER)
+    return [*own, *(name for name in _legacy_patches() if name not in own)]
+
+
+def _patch_path(name: str) -> str | None:
+    """models/clif_erasure/<name>, else an erasure patch of that name in models/clif_concepts."""
+    import folder_paths
+
+    register_model_folders()
+    found = folder_paths.get_full_path(ERASURE_FOLDER, name)
+    if found is None and name in _legacy_patches():
+        found = folder_paths.get_full_path(CONCEPTS_FOLDER, name)
+    return found
 
 
 class EraseConcepts(io.ComfyNode):
@@ -57,38 +78,51 @@ class EraseConcepts(io.ComfyNode):
             node_id="CLIFEraseConcepts",
             display_name="CLIF Erase Concepts",
             category="CLIF/erase",
-            description="Erases concepts from the base model into an erasure patch (models/clif_concepts). "
+            description="Erases concepts from the base model into an erasure patch (models/clif_erasure). "
             "One concept per line; 'pig -> cow' steers it to an alternative. All-but-One keeps the rest of "
             "the model as it was; ESD is the baseline. Shows samples of the erased prompts while training; "
             "cancel keeps the finished steps and running again resumes (output/clif_runs/<run_name>).",
             is_output_node=True,
             inputs=[
                 BaseModelType.Input("clif_base"),
-                io.String.Input("targets", multiline=True, default="van gogh\npig -> cow"),
+                io.String.Input("targets", multiline=True, default="van gogh\npig -> cow",
+                                tooltip="concepts to erase, one per line; 'pig -> cow' steers a concept to an "
+                                "alternative"),
                 io.String.Input("preserve", multiline=True, default="",
                                 tooltip="prompts whose images must stay as they are, one per line"),
-                io.Combo.Input("method", options=METHODS, default="all-but-one"),
+                io.Combo.Input("method", options=METHODS, default="all-but-one",
+                               tooltip="all-but-one moves only the erased prompt's guidance and holds the "
+                               "unconditional prediction; esd-x / esd-u: the ESD baseline on cross-attention / on "
+                               "every other weight; esd: ESD's objective"),
                 io.Combo.Input("params", options=PARAMS, default="auto",
                                tooltip="trained weights: auto = the method's own (all-but-one: lora, esd-x: "
                                "cross-attention, esd-u: the rest)"),
-                io.Int.Input("steps", default=400, min=1, max=100000),
-                io.String.Input("filename", default="erased"),
-                io.String.Input("run_name", default="erase"),
+                io.Int.Input("steps", default=400, min=1, max=100000, tooltip="training steps"),
+                io.String.Input("filename", default="erased", tooltip="models/clif_erasure/<filename>.safetensors"),
+                io.String.Input("run_name", default="erase",
+                                tooltip="output/clif_runs/<run_name>: queue again to resume an interrupted run"),
                 io.Boolean.Input("restart", default=False, tooltip="start over instead of resuming the run"),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="replace a file of that name made by another run"),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, optional=True,
                                tooltip="0: 1e-4 for lora, 1e-5 for weight subsets"),
-                io.Float.Input("eta", default=1.0, min=0.0, max=10.0, step=0.05, optional=True),
+                io.Float.Input("eta", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
+                               tooltip="η: scale of the alternative's guidance (All-but-One) / ESD's negative "
+                               "guidance"),
                 io.Float.Input("uncond_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
                                tooltip="λ: how strongly All-but-One holds the unconditional prediction"),
-                io.Int.Input("trajectories", default=4, min=1, max=64, optional=True),
-                io.Int.Input("sample_steps", default=50, min=2, max=1000, optional=True),
+                io.Int.Input("trajectories", default=4, min=1, max=64, optional=True,
+                             tooltip="DDIM trajectories of the frozen model per erased prompt"),
+                io.Int.Input("sample_steps", default=50, min=2, max=1000, optional=True,
+                             tooltip="DDIM steps per trajectory; every step's noisy latent goes into the training "
+                             "pool"),
                 io.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
                              tooltip="0: the model's native size"),
-                io.Int.Input("batch_size", default=2, min=1, max=64, optional=True),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True),
-                io.Int.Input("preview_every", default=50, min=0, max=100000, optional=True),
+                io.Int.Input("batch_size", default=2, min=1, max=64, optional=True, tooltip="training batch size"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
+                             tooltip="seed of the trajectories and the training steps"),
+                io.Int.Input("preview_every", default=50, min=0, max=100000, optional=True,
+                             tooltip="steps between preview images (0: none)"),
             ],
             outputs=[
                 ConceptsType.Output(display_name="erasure_patch"),
@@ -112,7 +146,7 @@ class EraseConcepts(io.ComfyNode):
         from .comfy_adapter import free_comfy_memory, reporter
 
         register_model_folders()
-        path = os.path.join(models_subdir(CONCEPTS_FOLDER), _plain_name(filename, "filename", ".safetensors"))
+        path = os.path.join(models_subdir(ERASURE_FOLDER), _plain_name(filename, "filename", ".safetensors"))
         run_dir = os.path.join(folder_paths.get_output_directory(), RUNS_FOLDER, _plain_name(run_name, "run_name"))
         config = EraseConfig(
             targets=parse_targets(targets), preserve=[p.strip() for p in preserve.splitlines() if p.strip()],
@@ -140,26 +174,28 @@ class LoadErasurePatch(io.ComfyNode):
             node_id="CLIFLoadErasurePatch",
             display_name="CLIF Load Erasure Patch",
             category="CLIF/erase",
-            description="Loads an erasure patch from models/clif_concepts (only erasure patches are listed).",
-            inputs=[io.Combo.Input("patch", options=_patch_choices())],
+            description="Loads an erasure patch from models/clif_erasure (older patches saved in "
+            "models/clif_concepts are listed too).",
+            inputs=[io.Combo.Input("patch", options=_patch_choices(),
+                                   tooltip="an erasure patch in models/clif_erasure (or an older one in "
+                                   "models/clif_concepts)")],
             outputs=[ConceptsType.Output(display_name="erasure_patch"), io.String.Output(display_name="summary")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, patch: str, **_) -> tuple:
-        import folder_paths
-
-        register_model_folders()
-        return file_state(folder_paths.get_full_path(CONCEPTS_FOLDER, patch) or patch)
+        return file_state(_patch_path(patch) or patch)
 
     @classmethod
     def execute(cls, patch: str) -> io.NodeOutput:
-        import folder_paths
-
         from clif_core.erase.patch import describe, load_erasure_patch
+        from clif_core.errors import ClifError
 
-        register_model_folders()
-        loaded = load_erasure_patch(folder_paths.get_full_path_or_raise(CONCEPTS_FOLDER, patch))
+        path = _patch_path(patch)
+        if path is None:
+            raise ClifError(f"Erasure patch {patch!r} is not in models/{ERASURE_FOLDER} (nor an erasure patch in "
+                            f"models/{CONCEPTS_FOLDER}): put the file there or pick one from the list.")
+        loaded = load_erasure_patch(path)
         return io.NodeOutput(loaded, describe(loaded))
 
 
@@ -184,8 +220,11 @@ class ApplyErasurePatch(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 ConceptsType.Input("erasure_patch"),
-                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05),
-                io.Boolean.Input("allow_other_base", default=False),
+                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="strength of the patch (1: as trained, 0: off, negative: the opposite "
+                               "direction)"),
+                io.Boolean.Input("allow_other_base", default=False,
+                                 tooltip="apply a patch made for other base weights anyway"),
             ],
             outputs=[io.Model.Output(display_name="MODEL")],
         )
@@ -228,11 +267,14 @@ class PurifyImage(io.ComfyNode):
                 ConceptsType.Input("erasure_patch"),
                 io.Image.Input("image"),
                 io.String.Input("prompt", default="", tooltip="empty: the patch's erased targets"),
-                io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="DDIM steps of the inversion and of the regeneration"),
                 io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="how far to invert: 1 = all the way to noise"),
-                io.Float.Input("guidance_scale", default=1.0, min=1.0, max=30.0, step=0.1),
-                io.Boolean.Input("allow_other_base", default=False),
+                io.Float.Input("guidance_scale", default=1.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="classifier-free guidance of the regeneration (1: none)"),
+                io.Boolean.Input("allow_other_base", default=False,
+                                 tooltip="use a patch made for other base weights anyway"),
             ],
             outputs=[io.Image.Output(display_name="IMAGE")],
         )

@@ -100,8 +100,8 @@ _OUTPUTS = [
 
 def _common_inputs(steps: int, batch: int) -> list:
     return [
-        io.Int.Input("steps", default=steps, min=1, max=1_000_000),
-        io.Int.Input("batch_size", default=batch, min=1, max=4096),
+        io.Int.Input("steps", default=steps, min=1, max=1_000_000, tooltip="training steps"),
+        io.Int.Input("batch_size", default=batch, min=1, max=4096, tooltip="images per training step"),
     ]
 
 
@@ -117,17 +117,20 @@ def _optional_loop_inputs(preview_every: int, checkpoint_every: int) -> list:
     return [
         io.Combo.Input("mixed_precision", options=PRECISIONS, default="auto", optional=True,
                        tooltip="auto: bf16 on a GPU (fp16 where unsupported), full precision on the CPU"),
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
+                     tooltip="seed of the data order and noise"),
         io.Int.Input("preview_every", default=preview_every, min=0, max=1_000_000, optional=True,
                      tooltip="steps between previews (0: none)"),
-        io.Int.Input("checkpoint_every", default=checkpoint_every, min=1, max=1_000_000, optional=True),
+        io.Int.Input("checkpoint_every", default=checkpoint_every, min=1, max=1_000_000, optional=True,
+                     tooltip="steps between resumable checkpoints in the run folder"),
     ]
 
 
 def _decoder_inputs() -> list:
     return [
-        io.Float.Input("token_learning_rate", default=5e-5, min=0.0, max=1.0, step=1e-6, optional=True),
-        io.Int.Input("lora_rank", default=16, min=1, max=256, optional=True),
+        io.Float.Input("token_learning_rate", default=5e-5, min=0.0, max=1.0, step=1e-6, optional=True,
+                       tooltip="learning rate of the concept token rows (the UNet LoRA uses learning_rate)"),
+        io.Int.Input("lora_rank", default=16, min=1, max=256, optional=True, tooltip="rank of the UNet LoRA"),
         io.Float.Input("lora_alpha", default=0.0, min=0.0, max=1024.0, step=0.5, optional=True,
                        tooltip="0: the rank"),
         io.String.Input("lora_targets", default="to_q,to_k,to_v,to_out.0", optional=True,
@@ -136,10 +139,12 @@ def _decoder_inputs() -> list:
                          tooltip="weight the loss by the pictured items' masks (background counts 0.1)"),
         io.Float.Input("min_snr_gamma", default=0.0, min=0.0, max=100.0, step=0.5, optional=True,
                        tooltip="min-SNR loss weighting (0: off, 5 is usual)"),
-        io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, optional=True),
+        io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                       tooltip="noise offset added to the training noise (0: off)"),
         io.Float.Input("prior_weight", default=0.0, min=0.0, max=10.0, step=0.05, optional=True,
                        tooltip="prior preservation with class images the base model draws (0: off)"),
-        io.Int.Input("prior_images", default=8, min=1, max=1000, optional=True),
+        io.Int.Input("prior_images", default=8, min=1, max=1000, optional=True,
+                     tooltip="class images per class word for prior preservation"),
         io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                          tooltip="less memory, slower steps"),
         io.Int.Input("preview_steps", default=20, min=0, max=200, optional=True,
@@ -179,12 +184,16 @@ class ContrastiveEncoderTraining(io.ComfyNode):
                                tooltip="models/clip_vision: a .safetensors file or a transformers folder"),
                 *_run_inputs(),
                 *_common_inputs(400, 32),
-                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-6),
-                io.Int.Input("vectors_per_concept", default=2, min=1, max=16),
+                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-6,
+                               tooltip="learning rate of the token rows (and the projection head, when there is "
+                               "one)"),
+                io.Int.Input("vectors_per_concept", default=2, min=1, max=16,
+                             tooltip="token vectors per concept (the public code uses 2)"),
                 *_optional_loop_inputs(0, 100),
                 io.Int.Input("text_lora_rank", default=0, min=0, max=256, optional=True,
                              tooltip="0: token embeddings only"),
-                io.Boolean.Input("learnable_temperature", default=False, optional=True),
+                io.Boolean.Input("learnable_temperature", default=False, optional=True,
+                                 tooltip="learn the contrastive loss's temperature instead of keeping it fixed"),
             ],
             outputs=_OUTPUTS,
         )
@@ -223,7 +232,8 @@ class DecoderTraining(io.ComfyNode):
                 DatasetType.Input("dataset"),
                 *_run_inputs(),
                 *_common_inputs(1000, 1),
-                io.Float.Input("learning_rate", default=2e-4, min=0.0, max=1.0, step=1e-6),
+                io.Float.Input("learning_rate", default=2e-4, min=0.0, max=1.0, step=1e-6,
+                               tooltip="learning rate of the UNet LoRA"),
                 ConceptsType.Input("concepts", optional=True, tooltip="stage 1's output; without it each concept "
                                    "starts from its class word"),
                 io.Int.Input("vectors_per_concept", default=2, min=1, max=16, optional=True,
@@ -266,13 +276,20 @@ class TrainConcepts(io.ComfyNode):
                 io.Combo.Input("clip_vision", options=_vision_choices(),
                                tooltip="models/clip_vision: a .safetensors file or a transformers folder"),
                 *_run_inputs(),
-                io.Int.Input("stage1_steps", default=400, min=1, max=1_000_000),
-                io.Int.Input("stage2_steps", default=1000, min=1, max=1_000_000),
-                io.Int.Input("stage1_batch_size", default=32, min=1, max=4096, optional=True),
-                io.Int.Input("stage2_batch_size", default=1, min=1, max=4096, optional=True),
-                io.Float.Input("stage1_learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-6, optional=True),
-                io.Float.Input("stage2_learning_rate", default=2e-4, min=0.0, max=1.0, step=1e-6, optional=True),
-                io.Int.Input("vectors_per_concept", default=2, min=1, max=16, optional=True),
+                io.Int.Input("stage1_steps", default=400, min=1, max=1_000_000,
+                             tooltip="stage 1 (contrastive) training steps"),
+                io.Int.Input("stage2_steps", default=1000, min=1, max=1_000_000,
+                             tooltip="stage 2 (decoder) training steps"),
+                io.Int.Input("stage1_batch_size", default=32, min=1, max=4096, optional=True,
+                             tooltip="stage 1 images per step"),
+                io.Int.Input("stage2_batch_size", default=1, min=1, max=4096, optional=True,
+                             tooltip="stage 2 images per step"),
+                io.Float.Input("stage1_learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-6, optional=True,
+                               tooltip="stage 1 learning rate of the token rows"),
+                io.Float.Input("stage2_learning_rate", default=2e-4, min=0.0, max=1.0, step=1e-6, optional=True,
+                               tooltip="stage 2 learning rate of the UNet LoRA"),
+                io.Int.Input("vectors_per_concept", default=2, min=1, max=16, optional=True,
+                             tooltip="token vectors per concept"),
                 *_optional_loop_inputs(100, 250),
                 *_decoder_inputs(),
             ],
@@ -331,7 +348,9 @@ class LossPlot(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, run_dir: str, **_) -> tuple:
+    def fingerprint_inputs(cls, run_dir: str | None = None, **_) -> tuple | float:
+        if run_dir is None:  # linked to a training node: the folder is known only when the node runs
+            return float("nan")  # never equal to itself, so the cheap plot is always drawn afresh
         try:
             curves = _curves(_resolve_run(run_dir))
         except ValueError:

@@ -47,6 +47,20 @@ def test_object_info_lists_every_pack_node_with_its_documented_inputs(comfy_serv
         assert node["category"].startswith("CLIF/"), name
 
 
+def test_every_widget_of_every_pack_node_has_a_tooltip(comfy_server):
+    widgets = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    missing = []
+    for name, node in comfy_server.object_info().items():
+        if not node.get("python_module", "").endswith("comfyui-clif"):
+            continue
+        for group in ("required", "optional"):
+            for field, spec in node["input"].get(group, {}).items():
+                is_widget = isinstance(spec[0], list) or spec[0] in widgets
+                if is_widget and not (len(spec) > 1 and str(spec[1].get("tooltip", "")).strip()):
+                    missing.append(f"{name}.{field}")
+    assert not missing, f"widgets without a tooltip: {', '.join(missing)}"
+
+
 @pytest.fixture(scope="module")
 def installed(comfy_server, tiny_sd1):
     """The tiny SD1 checkpoint and a concept file made for it, in the server's model folders."""
@@ -115,6 +129,7 @@ def test_corrupt_concept_file_fails_on_its_node_and_server_goes_on(comfy_server,
     render(comfy_server, native_graph("<alice>", "concepts/after_broken", "alice_bob.safetensors"))
 
 
+@pytest.mark.every_comfyui
 def test_save_and_export_nodes_write_files_the_stock_nodes_render_like_apply(comfy_server, installed):
     from clif_core.concepts.file_format import load_concept_file
 

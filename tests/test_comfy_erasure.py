@@ -45,13 +45,14 @@ def installed(comfy_server, tiny_sd1, tmp_path_factory):
     if not target.exists():
         shutil.copy(tiny_sd1.single_file, target)
     root = tmp_path_factory.mktemp("comfy_erase")
-    patches = comfy_server.models_dir / "clif_concepts"
+    patches = comfy_server.models_dir / "clif_erasure"
+    legacy = comfy_server.models_dir / "clif_concepts"  # where patches were saved before clif_erasure existed
     other = write_tiny_model("sd1", root / "other", seed=1)
     with single_thread():
         erase_concepts(load_base_model(tiny_sd1.single_file, device="cpu"), strong_config(), root / "run",
                        patches / PATCH)
         erase_concepts(load_base_model(other.single_file, device="cpu"), strong_config(), root / "run_other",
-                       patches / FOREIGN)
+                       legacy / FOREIGN)
     return patches / PATCH
 
 
@@ -99,7 +100,7 @@ def erase_graph(name: str, steps: int, targets: str = "a photo of a pig -> a pho
 def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, installed):
     graph = erase_graph("node_made", 2, "a photo of a pig -> a photo of a cow\nvan gogh")
     entry = comfy_server.run(graph, timeout=600)
-    path = comfy_server.models_dir / "clif_concepts" / "node_made.safetensors"
+    path = comfy_server.models_dir / "clif_erasure" / "node_made.safetensors"
     patch = load_concept_file(path)
     assert patch.kind == "erasure" and patch.metadata["erased"][1] == {"target": "van gogh", "alternative": None}
     run = comfy_server.output_dir / "clif_runs" / "node_made"
@@ -110,7 +111,7 @@ def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, ins
     with pytest.raises(ExecutionFailed) as caught:
         comfy_server.run(graph, timeout=120)
     assert caught.value.node_type == "CLIFEraseConcepts" and "names itself" in caught.value.exception_message
-    assert not (comfy_server.models_dir / "clif_concepts" / "never.safetensors").exists()
+    assert not (comfy_server.models_dir / "clif_erasure" / "never.safetensors").exists()
 
 
 def test_cancel_keeps_the_finished_steps_writes_no_patch_and_the_run_resumes(comfy_server, installed):
@@ -132,10 +133,10 @@ def test_cancel_keeps_the_finished_steps_writes_no_patch_and_the_run_resumes(com
         ws.close()
     saved = list_checkpoints(run / "checkpoints")
     assert saved and saved[-1][0] >= 2, "the finished steps were not kept"
-    assert not (comfy_server.models_dir / "clif_concepts" / "cancelled.safetensors").exists()
+    assert not (comfy_server.models_dir / "clif_erasure" / "cancelled.safetensors").exists()
     graph["2"]["inputs"]["steps"] = saved[-1][0] + 1  # queued again (a changed step count re-runs the node)
     comfy_server.run(graph, timeout=300)
-    assert load_concept_file(comfy_server.models_dir / "clif_concepts" / "cancelled.safetensors").kind == "erasure"
+    assert load_concept_file(comfy_server.models_dir / "clif_erasure" / "cancelled.safetensors").kind == "erasure"
     assert "erasure: resuming from step" in comfy_server.log_text()
 
 
@@ -146,6 +147,7 @@ def test_patch_changes_the_native_image_the_same_through_apply_and_the_stock_lor
     # The Load node lists only erasure patches; export goes through the concept nodes' own exporter.
     listed = json.dumps(comfy_server.object_info("CLIFLoadErasurePatch")["input"]["required"]["patch"])
     assert PATCH in listed and "alice_bob" not in listed  # concept files of other tests are not patches
+    assert FOREIGN in listed, "a patch saved in models/clif_concepts by an older version is not listed"
     export = {"2": {"class_type": "CLIFLoadErasurePatch", "inputs": {"patch": PATCH}},
               "3": {"class_type": "CLIFExportConcepts", "inputs": {"concepts": ["2", 0], "name": "no_pigs",
                                                                   "overwrite": True}}}

@@ -14,6 +14,7 @@ from tests.comfyui.rig import ExecutionFailed, ExecutionInterrupted, PromptRejec
 pytestmark = pytest.mark.comfy
 
 
+@pytest.mark.every_comfyui
 def test_server_lists_stock_nodes_and_the_pack(comfy_server):
     info = comfy_server.object_info()
     for stock in ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage"):

@@ -35,6 +35,7 @@ def test_workflows_are_shipped():
         assert path.with_suffix(".jpg").is_file(), f"{path.name} has no same-name .jpg thumbnail"
 
 
+@pytest.mark.every_comfyui
 def test_template_browser_serves_every_workflow_and_thumbnail(comfy_server):
     """What ComfyUI's template browser fetches: the pack's list, then each file. ComfyUI serves the first of a
     pack's example_workflows/, example/, examples/, workflow/, workflows/ folders that exists under one URL, so
@@ -67,6 +68,7 @@ def test_workflow_is_readable_for_newcomers(path: Path):
         assert link[1] in ids and link[3] in ids, f"{path.name}: link {link} joins unknown nodes"
 
 
+@pytest.mark.every_comfyui
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs(comfy_server, prepared, path: Path):
     from comfy_cli.workflow_to_api import convert_ui_to_api

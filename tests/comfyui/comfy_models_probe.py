@@ -13,7 +13,6 @@ ComfyUI cannot run. The test (tests/test_comfy_models.py) judges the results.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -21,19 +20,15 @@ import time
 from pathlib import Path
 
 import torch
+from pack_modules import pack_module  # this script's folder is sys.path[0]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORDS = "red dog"
 PROMPT = "a photo of a red dog"
 OTHER_PROMPT = "a blue house on a hill"
 
 
 def _comfy_models():
-    # by path: the repository's `nodes` package would clash with ComfyUI's own `nodes` module
-    spec = importlib.util.spec_from_file_location("clif_comfy_models", REPO_ROOT / "nodes" / "comfy_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return pack_module("comfy_models")
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

