@@ -67,6 +67,11 @@ def expand_prompt(prompt: str, tokens: Mapping[str, Sequence[str]]) -> str:
     return prompt
 
 
+def adapter_name(index: int) -> str:
+    """The peft adapter name of the `index`-th file given to `apply_concepts`."""
+    return f"clif_{index}"
+
+
 def _has_peft(module: torch.nn.Module) -> bool:
     return bool(getattr(module, "_hf_peft_config_loaded", False)) or hasattr(module, "peft_config")
 
@@ -181,7 +186,7 @@ def _load_loras(base: Any, files: Sequence[tuple[ConceptFile, float]], applied: 
     for i, (cf, strength) in enumerate(files):
         if strength == 0 or not (cf.unet_lora or cf.text_lora):
             continue
-        adapter = f"clif_{i}"
+        adapter = adapter_name(i)
         applied.adapters[adapter] = float(strength)
         for module, name, kohya_prefix in components:
             source = cf.unet_lora if kohya_prefix == lora_keys.UNET_PREFIX else {

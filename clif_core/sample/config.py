@@ -18,6 +18,10 @@ LAYOUTS = ("left_right", "top_bottom", "grid")
 REGION_STRENGTH = 0.8
 """Default share of a region prompt inside its region: the global (scene) prompt keeps the rest."""
 
+ISOLATION_EDGE = 0.05
+"""Default soft edge of a LoRA isolated to a region: the blur's sigma as a fraction of the latent's shorter side
+(see `isolation.soft_mask`)."""
+
 MAX_SIDE = 4096
 """Largest width or height sampled, in pixels: 4x SDXL's native side; beyond it the UNet's attention alone needs
 tens of GB, and the models make repeated, broken compositions long before."""
@@ -73,7 +77,8 @@ class SampleConfig:
     Image i of a batch is drawn from seed `seed + i`, so any single image is reproduced by its own seed with
     batch 1. `cfg` ≤ 1 turns classifier-free guidance off (one UNet pass per step, no negative prompt), as in
     diffusers. `regions` empty (the default) is plain sampling, the paper's setting. `preview_every` > 0
-    sends a preview image to the reporter every that many steps.
+    sends a preview image to the reporter every that many steps. `isolation_edge` is the soft edge of concept
+    LoRAs bound to a region (`ConceptUse.region`; see `isolation.soft_mask`).
     """
 
     prompt: str
@@ -87,6 +92,7 @@ class SampleConfig:
     batch: int = 1
     regions: tuple[Region, ...] = ()
     preview_every: int = 0
+    isolation_edge: float = ISOLATION_EDGE
 
     def check(self) -> None:
         """Raise ClifError naming the field for values no model could sample with."""
@@ -97,6 +103,7 @@ class SampleConfig:
         check_number(self.cfg, "cfg", 0, MAX_GUIDANCE)
         check_whole(self.seed, "seed", 0, 2**63 - 1)
         check_whole(self.preview_every, "preview_every", 0)
+        check_number(self.isolation_edge, "isolation_edge", 0.0, 0.5)
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 check_whole(getattr(self, name), name, 8, MAX_SIDE)

@@ -13,8 +13,9 @@ The same weights, as ComfyUI conditioning masks, drive the Regional Conditioning
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,9 @@ def build_regions(layout: str, prompts: Sequence[str], boxes: str = "", masks: O
     return layout_regions(layout, prompts, strength)
 
 
-def _rasterise(region: Region, height: int, width: int) -> torch.Tensor:
+def rasterise(region: Region, height: int, width: int) -> torch.Tensor:
+    """The region's box or mask as a [height, width] float32 map in 0..1 (a box is hard: 1 at the pixel centres
+    inside it)."""
     if region.box is not None:
         x0, y0, x1, y1 = region.box
         ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height  # pixel centres
@@ -109,13 +112,13 @@ def region_weights(regions: Sequence[Region], height: int, width: int) -> torch.
 
     They are non-negative and sum to 1 at every pixel.
     """
-    w = torch.stack([_rasterise(r, height, width) * r.strength for r in regions])
+    w = torch.stack([rasterise(r, height, width) * r.strength for r in regions])
     total = w.sum(0)
     w = w / total.clamp(min=1.0)
     return torch.cat([(1.0 - w.sum(0)).clamp(min=0.0)[None], w])
 
 
-def _layer_size(latent_hw: tuple[int, int], tokens: int) -> tuple[int, int]:
+def layer_size(latent_hw: tuple[int, int], tokens: int) -> tuple[int, int]:
     """The (h, w) of a UNet level with `tokens` pixels: each level halves the latent, rounding up."""
     h, w = latent_hw
     while h * w > tokens and (h > 1 or w > 1):
@@ -131,12 +134,16 @@ class RegionalAttention:
 
     `contexts` are the region prompts' encoder states ([1, tokens, width] each, in `regions` order);
     `cond_rows` the rows of each UNet batch that carry the positive prompt (the second half under CFG).
-    The UNet's own processors do the attention; on exit they are put back.
+    `region_pass(i)`, when given, is entered around the attention to region i's prompt (and
+    `region_pass(None)` around the global one): `isolation.MaskedLoRA` uses it to let an isolated LoRA's
+    keys and values act only there. The UNet's own processors do the attention; on exit they are put back.
     """
 
     def __init__(self, unet: Any, regions: Sequence[Region], contexts: Sequence[torch.Tensor],
-                 latent_hw: tuple[int, int], cond_rows: slice):
+                 latent_hw: tuple[int, int], cond_rows: slice,
+                 region_pass: Optional[Callable[[Optional[int]], ContextManager]] = None):
         self.unet = unet
+        self.region_pass = region_pass or (lambda region: contextlib.nullcontext())
         self.regions = list(regions)
         self.contexts = list(contexts)
         self.latent_hw = latent_hw
@@ -147,7 +154,7 @@ class RegionalAttention:
     def weights(self, tokens: int, like: torch.Tensor) -> torch.Tensor:
         """[1 + R, 1, tokens, 1] weights for a layer with `tokens` positions, on `like`'s device and dtype."""
         if tokens not in self._weights:
-            h, w = _layer_size(self.latent_hw, tokens)
+            h, w = layer_size(self.latent_hw, tokens)
             self._weights[tokens] = region_weights(self.regions, h, w).reshape(-1, 1, tokens, 1)
         cached = self._weights[tokens]
         if cached.device != like.device or cached.dtype != like.dtype:
@@ -178,12 +185,14 @@ class _RegionalProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Any = None,
                  attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        with self.owner.region_pass(None):
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         rows = self.owner.cond_rows
         x = hidden_states[rows]
         weights = self.owner.weights(x.shape[1], out)
         blended = out[rows] * weights[0]
-        for w, context in zip(weights[1:], self.owner.contexts):
-            region = self.inner(attn, x, context.expand(x.shape[0], -1, -1), None, temb, *args, **kwargs)
+        for i, (w, context) in enumerate(zip(weights[1:], self.owner.contexts)):
+            with self.owner.region_pass(i):
+                region = self.inner(attn, x, context.expand(x.shape[0], -1, -1), None, temb, *args, **kwargs)
             blended = blended + w * region
         return torch.cat([out[: rows.start], blended, out[rows.stop:]])

@@ -18,13 +18,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from clif_core.concepts.apply import apply_concepts, expand_prompt, vector_tokens
+from clif_core.concepts.apply import adapter_name, apply_concepts, expand_prompt, vector_tokens
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 
 from .config import SampleConfig
 from .cuda_graph import GraphedUNet
+from .isolation import Binding, MaskedLoRA, check_bound_tokens
 from .recipe import RECIPE_FORMAT, concept_file_fingerprint, image_recipe
 from .regional import RegionalAttention
 from .schedulers import make_scheduler
@@ -37,11 +38,14 @@ Previewer = Callable[[torch.Tensor], Any]
 @dataclass
 class ConceptUse:
     """A concept file or erasure patch to apply while sampling, at a LoRA `strength`; `path` (optional) is
-    recorded in the recipe. The content fingerprint is computed once per ConceptUse."""
+    recorded in the recipe. `region` (1-based, optional) isolates the file to that region of the run's layout:
+    its LoRA acts only under the region's mask and its placeholders may appear only in the region's prompt
+    (see isolation.py). The content fingerprint is computed once per ConceptUse."""
 
     file: ConceptFile
     strength: float = 1.0
     path: Optional[str] = None
+    region: Optional[int] = None
     _fingerprint: Optional[str] = field(default=None, repr=False, compare=False)
 
     @property
@@ -51,7 +55,7 @@ class ConceptUse:
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "title": self.file.display_title(),
             "kind": self.file.kind,
             "fingerprint": self.fingerprint,
@@ -59,6 +63,9 @@ class ConceptUse:
             "tokens": [c.token for c in self.file.concepts],
             "path": self.path,
         }
+        if self.region is not None:
+            described["region"] = self.region
+        return described
 
 
 ConceptsArg = Sequence[Union[ConceptUse, ConceptFile, tuple]]
@@ -192,14 +199,27 @@ def sample(
     negative = _expanded(config.negative_prompt, tokens, "negative prompt")
     region_prompts = [_expanded(r.prompt, tokens, f"region {i} prompt") for i, r in enumerate(config.regions, 1)]
 
+    bound = _bound_regions(config, uses)
+
     applied = apply_concepts(base, [(u.file, u.strength) for u in uses], warn=reporter.log) if uses else None
     try:
-        with torch.inference_mode():
+        isolation: Any = contextlib.nullcontext()
+        if bound:
+            factor = vae_scale_factor(base.vae)
+            bindings = [Binding(adapter_name(i), r) for i, r in bound.items() if adapter_name(i) in applied.adapters]
+            isolation = MaskedLoRA(base, bindings, config.regions, (height // factor, width // factor),
+                                   config.isolation_edge)
+        with torch.inference_mode(), isolation:
+            region_pass = isolation.region_pass if bound else None
             cond = encode_prompt(base, prompt, reporter.log)
             uncond = encode_negative(base, negative, cond, reporter.log) if config.cfg > 1 else None
-            regions = [encode_prompt(base, p, reporter.log).embeds for p in region_prompts]
+            regions = []
+            for i, p in enumerate(region_prompts):
+                with region_pass(i) if region_pass else contextlib.nullcontext():
+                    regions.append(encode_prompt(base, p, reporter.log).embeds)
             latents = _denoise(base, config, width, height, cond, uncond, regions, reporter,
-                               previewer or (lambda x: decode_latents(base, x)[0]))
+                               previewer or (lambda x: decode_latents(base, x)[0]),
+                               region_pass)
             images = decode_latents(base, latents)
     finally:
         if applied is not None:
@@ -207,9 +227,34 @@ def sample(
     return SampleResult(images, recipe, latents.float().cpu())
 
 
+def _bound_regions(config: SampleConfig, uses: Sequence[ConceptUse]) -> dict[int, int]:
+    """{file index: 0-based region} for the files isolated to a region, checked against the layout and prompts."""
+    bound: dict[int, int] = {}
+    for i, use in enumerate(uses):
+        if use.region is None:
+            continue
+        where = f"concept file {use.file.display_title()!r}"
+        if not config.regions:
+            raise ClifError(f"{where} is isolated to region {use.region}, but the run has no regional layout; "
+                            "add regions (one prompt per region) or unbind the file")
+        if isinstance(use.region, bool) or not isinstance(use.region, int) or not 1 <= use.region <= len(
+                config.regions):
+            raise ClifError(f"{where} is isolated to region {use.region!r}; the layout has regions 1 to "
+                            f"{len(config.regions)}")
+        bound[i] = use.region - 1
+    names = [f"region {i} prompt" for i in range(1, len(config.regions) + 1)]
+    prompts = {"prompt": config.prompt, "negative prompt": config.negative_prompt,
+               **{n: r.prompt for n, r in zip(names, config.regions)}}
+    tokens_of: dict[int, list[str]] = {}
+    for i, region in bound.items():
+        tokens_of.setdefault(region, []).extend(c.token for c in uses[i].file.concepts)
+    check_bound_tokens(prompts, tokens_of, names)
+    return bound
+
+
 def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: TextConditioning,
              uncond: Optional[TextConditioning], region_contexts: list[torch.Tensor], reporter: Reporter,
-             previewer: Previewer) -> torch.Tensor:
+             previewer: Previewer, region_pass: Optional[Callable] = None) -> torch.Tensor:
     from diffusers.utils.torch_utils import randn_tensor
 
     device, batch = base.device, config.batch
@@ -243,7 +288,7 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
     regional = contextlib.nullcontext()
     if config.regions:
         cond_rows = slice(batch, 2 * batch) if guided else slice(0, batch)
-        regional = RegionalAttention(base.unet, config.regions, region_contexts, latent_hw, cond_rows)
+        regional = RegionalAttention(base.unet, config.regions, region_contexts, latent_hw, cond_rows, region_pass)
     timesteps = scheduler.timesteps
     with regional:
         for i, t in enumerate(timesteps):
