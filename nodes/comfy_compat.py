@@ -144,3 +144,15 @@ def _resolver(previous: Callable, vectors: Mapping[str, object]) -> Callable:
         return previous(embedding_name)
 
     return try_get_embedding
+
+
+def with_lora_hook(conditioning: list, lora: Mapping[str, object], strength: float) -> list:
+    """`conditioning` whose noise predictions ComfyUI computes with `lora` (kohya keys) on the model at `strength`:
+    its weight hooks (`comfy.hooks`), what the stock Create Hook LoRA and Cond Set Props nodes build."""
+    import comfy.hooks
+
+    try:
+        hooks = comfy.hooks.create_hook_lora(dict(lora), strength_model=strength, strength_clip=0.0)
+        return comfy.hooks.set_hooks_for_conditioning(conditioning, hooks)
+    except (AttributeError, TypeError) as err:
+        raise _unsupported("its LoRA hooks on conditioning (comfy.hooks)") from err

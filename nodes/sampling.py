@@ -11,6 +11,8 @@ from .types import BaseModelType, ConceptsType
 CONCEPT_SLOTS = 3
 REGION_OFF = "off"
 PLACEMENTS = ["boxes", "masks"]
+MAX_REGIONS = 16
+"""Highest region number a concept slot can be isolated to (a layout with more regions is refused there)."""
 MASK_RASTER = 256
 """Side of the masks Regional Conditioning rasterises boxes at; ComfyUI resizes them to the latent."""
 
@@ -71,13 +73,18 @@ class CLIFSampler(io.ComfyNode):
                                     step=0.05,
                                     tooltip=f"LoRA strength of concepts_{i}")
                      for i in range(1, CONCEPT_SLOTS + 1)]
+        bindings = [io.Int.Input(f"region_{i}", default=0, min=0, max=MAX_REGIONS, optional=True,
+                                 tooltip=f"0: concepts_{i} acts on the whole image; N: isolate it to region N of "
+                                 "the layout (its LoRA only inside that region, its placeholders only in that "
+                                 "region's prompt)")
+                    for i in range(1, CONCEPT_SLOTS + 1)]
         return io.Schema(
             node_id="CLIFSampler",
             display_name="CLIF Sampler",
             category="CLIF/sample",
             description="Generates images from a CLIF base model with up to three concept files or erasure patches "
             "applied for this run; placeholders such as <alice> in the prompts resolve to the concepts. Optional "
-            "regional prompts place concepts without pose or sketch images. The recipe output lists everything "
+            "regional prompts place concepts without pose or sketch images; region_N isolates a concept file to one region. The recipe output lists everything "
             "needed to reproduce the images (use CLIF Save Image to store it in the PNGs).",
             inputs=[
                 BaseModelType.Input("clif_base"),
@@ -97,6 +104,7 @@ class CLIFSampler(io.ComfyNode):
                              tooltip="image height in pixels"),
                 io.Int.Input("batch_size", default=1, min=1, max=limit["batch"], tooltip="images per run"),
                 *strengths,
+                *bindings,
                 *_region_inputs(strength, [REGION_OFF, *layouts], REGION_OFF),
                 *[ConceptsType.Input(f"concepts_{i}", optional=True) for i in range(1, CONCEPT_SLOTS + 1)],
                 io.Mask.Input("region_masks", optional=True, tooltip="layout 'masks': one mask per region prompt"),
@@ -116,7 +124,7 @@ class CLIFSampler(io.ComfyNode):
 
         regions = () if layout == REGION_OFF else build_regions(
             layout, region_prompts.splitlines(), boxes, _masks(region_masks), region_strength)
-        uses = [ConceptUse(slots[f"concepts_{i}"], slots[f"strength_{i}"])
+        uses = [ConceptUse(slots[f"concepts_{i}"], slots[f"strength_{i}"], region=slots.get(f"region_{i}") or None)
                 for i in range(1, CONCEPT_SLOTS + 1) if slots.get(f"concepts_{i}") is not None]
         free_comfy_memory()
         base = clif_base.load()
@@ -153,22 +161,31 @@ class RegionalConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, clip, global_prompt: str, layout: str, region_prompts: str, boxes: str,
                 region_strength: float, region_masks=None) -> io.NodeOutput:
-        import node_helpers
-
-        from clif_core.sample.regional import build_regions, region_weights
-
-        masks = _masks(region_masks)
-        regions = build_regions(layout, region_prompts.splitlines(), boxes, masks, region_strength)
-        height, width = tuple(masks[0].shape) if layout == "masks" else (MASK_RASTER, MASK_RASTER)
-        weights = region_weights(regions, height, width)
+        regions, weights = layout_weights(layout, region_prompts, boxes, region_strength, region_masks)
         conditioning = []
         for text, weight in zip([global_prompt, *(r.prompt for r in regions)], weights):
-            if not weight.any():  # e.g. the global prompt when regions at full strength tile the image
-                continue
-            encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
-            conditioning += node_helpers.conditioning_set_values(
-                encoded, {"mask": weight[None], "set_area_to_bounds": False, "mask_strength": 1.0})
+            if weight.any():  # not e.g. the global prompt when regions at full strength tile the image
+                conditioning += masked_conditioning(clip, text, weight)
         return io.NodeOutput(conditioning)
+
+
+def layout_weights(layout: str, region_prompts: str, boxes: str, region_strength: float, region_masks=None):
+    """(regions, weights [1 + R, H, W]) of a node's layout inputs: the global prompt's weights first."""
+    from clif_core.sample.regional import build_regions, region_weights
+
+    masks = _masks(region_masks)
+    regions = build_regions(layout, region_prompts.splitlines(), boxes, masks, region_strength)
+    height, width = tuple(masks[0].shape) if layout == "masks" else (MASK_RASTER, MASK_RASTER)
+    return regions, region_weights(regions, height, width)
+
+
+def masked_conditioning(clip, text: str, weight) -> list:
+    """`text` encoded by `clip` as ComfyUI conditioning that weighs `weight` ([H, W]) at each pixel."""
+    import node_helpers
+
+    encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return node_helpers.conditioning_set_values(
+        encoded, {"mask": weight[None], "set_area_to_bounds": False, "mask_strength": 1.0})
 
 
 class SaveImageWithRecipe(io.ComfyNode):
