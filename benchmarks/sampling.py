@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sampling.py             # GPU: SD1.5 architecture, random weights, 512 px
     .venv/bin/python benchmarks/sampling.py --smoke     # tiny model on CPU, 2 steps: checks the script still runs
+    .venv/bin/python benchmarks/sampling.py --isolation # CPU: concept isolation vs the same files everywhere
 
 Without CUDA (and without --smoke) it prints "no GPU" and exits 0. All paths sample the same random-weight
 model (written once as a single-file checkpoint for ComfyUI, which runs in a subprocess on the rig's ComfyUI
@@ -10,6 +11,10 @@ the dtype it picks itself). Reported per path: the denoising loop's UNet iterati
 over a batch of 2; timed between the first and last step, the GPU synchronised at each step in every path),
 seconds per image end to end (text encoding, loop, VAE decoding) and peak allocated GPU memory; then the
 ratios, and the cost of regional prompts (two regions, left/right) over plain sampling with this sampler.
+
+`--isolation` (CPU, the tiny SD1 model, 64 px, 10 steps, CFG 7): two regions with two concept files (random LoRAs on
+the attention projections and conv1, plus a text LoRA), applied everywhere vs each isolated to its region
+(docs/sampling.md, "Concept isolation"); it prints both and the time ratio side by side.
 """
 
 from __future__ import annotations
@@ -55,19 +60,47 @@ def measure(run, repeat: int) -> dict:
     return {"it_s": statistics.median(rates), "s_image": statistics.median(totals), "peak_gib": peak}
 
 
-def clif_runs(base, args, regions=()):
+def clif_runs(base, args, regions=(), concepts=(), prompt=PROMPT):
     from clif_core.progress import Reporter
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import sample
 
-    config = SampleConfig(PROMPT, negative_prompt=NEGATIVE, seed=1, steps=args.steps, cfg=args.cfg, scheduler="euler",
+    config = SampleConfig(prompt, negative_prompt=NEGATIVE, seed=1, steps=args.steps, cfg=args.cfg, scheduler="euler",
                           width=args.size, height=args.size, regions=regions)
 
     def run(marks):
-        sample(base, config, reporter=Reporter(progress=lambda step, total, preview=None: marks.append(_sync()),
-                                               log=lambda m: None))
+        sample(base, config, concepts, reporter=Reporter(
+            progress=lambda step, total, preview=None: marks.append(_sync()), log=lambda m: None))
 
     return run
+
+
+def isolation_main(args) -> None:
+    """Regional sampling with two concept files applied everywhere vs isolated to their regions, on CPU."""
+    from clif_core.models.tiny import build_tiny_model
+    from clif_core.sample.regional import layout_regions
+    from clif_core.sample.sampler import ConceptUse
+    from tests.test_concept_file import make_concept_file
+
+    torch.set_num_threads(1)
+    base = build_tiny_model("sd1", 0)
+    files = [make_concept_file(base, seed=i, names=(name,)) for i, name in enumerate(("alice", "bob"))]
+    regions = layout_regions("left_right", ["<alice>, a woman", "<bob>, a man"])
+    results = {
+        "regional, concepts everywhere": measure(clif_runs(
+            base, args, regions, [ConceptUse(f) for f in files], "two people"), args.repeat),
+        "regional, concepts isolated": measure(clif_runs(
+            base, args, regions, [ConceptUse(f, region=i) for i, f in enumerate(files, 1)], "two people"),
+            args.repeat),
+    }
+    print(f"tiny SD1 model on CPU (1 thread), {args.size}x{args.size}, {args.steps} steps, CFG {args.cfg}, euler, "
+          f"batch 1, fp32, median of {args.repeat}")
+    print(f"{'path':32s} {'it/s':>8s} {'s/image':>9s}")
+    for name, r in results.items():
+        print(f"{name:32s} {r['it_s']:8.2f} {r['s_image']:9.3f}")
+    everywhere, isolated = results.values()
+    print(f"isolated / everywhere: time per image x{isolated['s_image'] / everywhere['s_image']:.2f}, "
+          f"it/s x{isolated['it_s'] / everywhere['it_s']:.2f}")
 
 
 def diffusers_runs(base, args):
@@ -141,11 +174,17 @@ def main() -> int:
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, 2 steps, 64 px: the script runs")
+    parser.add_argument("--isolation", action="store_true",
+                        help="CPU, tiny model: concept isolation vs the same concept files everywhere")
     parser.add_argument("--comfy-worker", help=argparse.SUPPRESS)
     parser.add_argument("--latent-side", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.comfy_worker:
         comfy_worker(args)
+        return 0
+    if args.isolation:
+        args.steps, args.size = min(args.steps, 10), 64
+        isolation_main(args)
         return 0
     if args.smoke:
         args.steps, args.size, args.repeat = 2, 64, 1
