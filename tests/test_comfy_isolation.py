@@ -3,30 +3,14 @@ KSampler's latent only inside that region, where the same file applied to the wh
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from clif_core.concepts.file_format import save_concept_file
-from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import ExecutionFailed
-from tests.test_concept_file import make_concept_file
+from tests.test_comfy_sampling import CHECKPOINT, CONCEPTS, installed  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.comfy
-
-CHECKPOINT = "checkpoints/tiny_sd1.safetensors"
-CONCEPTS = "isolation_alice_bob.safetensors"
-
-
-@pytest.fixture(scope="module")
-def installed(comfy_server, tiny_sd1):
-    target = comfy_server.models_dir / "checkpoints" / "tiny_sd1.safetensors"
-    if not target.exists():
-        shutil.copy(tiny_sd1.single_file, target)
-    base = load_base_model(tiny_sd1.single_file, device="cpu")
-    save_concept_file(make_concept_file(base, seed=5), comfy_server.models_dir / "clif_concepts" / CONCEPTS)
 
 
 def graph(strength: float, prefix: str, everywhere: bool = False, global_prompt: str = "a table") -> dict:
