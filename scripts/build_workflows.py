@@ -125,7 +125,7 @@ def workflows(base: str, vision: str) -> list[Workflow]:
         ]),
         Workflow("clif_3_concepts_in_stock_graph", note="Trained concepts in ComfyUI's own graph: CLIF Apply "
                  "Concepts patches MODEL and CLIP, then the stock CLIPTextEncode, KSampler, VAEDecode, SaveImage. "
-                 "The sandbox VAE folds 4x4 pixels into one latent, so a 128x128 empty latent gives 64x64 pictures.",
+                 "CLIF Empty Latent (model-sized) reads the VAE's factor, so 64 px typed are 64 px pictures.",
                  groups=[
             Group("1. Model and concepts", [
                 load, concepts,
@@ -136,7 +136,8 @@ def workflows(base: str, vision: str) -> list[Workflow]:
                 Node("pos", "CLIPTextEncode", "Prompt with the concept tokens", {"text": PAIR},
                      {"clip": ("apply", "CLIP")}),
                 Node("neg", "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE}, {"clip": ("apply", "CLIP")}),
-                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 2}),
+                Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
+                     {"width": 64, "height": 64, "batch_size": 2}, {"vae": ("base", "VAE")}),
             ], "#2a6f3a"),
             Group("3. Native sampling", stock_sampler("clif/stock_graph", "s", "KSampler with concepts",
                                                       ("apply", "MODEL"), 7, "pos", "neg", "latent",
@@ -157,7 +158,8 @@ def workflows(base: str, vision: str) -> list[Workflow]:
                 Node("pos", "CLIPTextEncode", "Prompt naming the erased concept", {"text": "a blue circle"},
                      {"clip": ("base", "CLIP")}),
                 Node("neg", "CLIPTextEncode", "Negative prompt", {"text": ""}, {"clip": ("base", "CLIP")}),
-                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 4}),
+                Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
+                     {"width": 64, "height": 64, "batch_size": 4}, {"vae": ("base", "VAE")}),
             ], "#2a6f3a"),
             Group("3. Before (original model)", stock_sampler("clif/erase_before", "before", "KSampler before",
                                                               ("base", "MODEL"), 11, "pos", "neg", "latent",
