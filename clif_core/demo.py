@@ -103,6 +103,7 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     from .sample.recipe import save_png
     from .sample.sampler import make_generate, sample
     from .sandbox.characters import character_concept, load_characters
+    from .sheets import labelled_grid
     from .train.contrastive import ContrastiveConfig
     from .train.decoder import DecoderConfig
     from .train.loop import LoopConfig
@@ -192,10 +193,10 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     before_after = []
     for p in erase_prompts:
         cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
-        before_after += sample(base, cfg, (), reporter).images + sample(base, cfg, [erased.patch], reporter).images
-    _save(report, out, "erasure.png", _grid(before_after, 8),
-          f"per row: 4 seeds before | the same 4 seeds after erasing '{target}' → '{alternative}'; rows: "
-          + " | ".join(erase_prompts))
+        before_after += [(f"'{p}' before", sample(base, cfg, (), reporter).images),
+                         (f"after: {target} erased", sample(base, cfg, [erased.patch], reporter).images)]
+    _save(report, out, "erasure.png", labelled_grid(before_after, cell=64, label_width=120),
+          f"the same 4 seeds per prompt before and after erasing '{target}' → '{alternative}'")
 
     report.metrics["oracle"] = _oracle_scores(characters, (name_a, name_b), prompts, samples)
     return _write_report(out, report)

@@ -2,7 +2,7 @@
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import augment, base_model, concept_files, erasure, regional_concepts, sampling, training
+from . import augment, base_model, concept_files, erasure, latents, regional_concepts, sampling, training
 
 
 class ClifExtension(ComfyExtension):
@@ -12,7 +12,8 @@ class ClifExtension(ComfyExtension):
 
         register_model_folders()
         install_into_comfy_input()
-        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES, *regional_concepts.NODES, *training.NODES, *erasure.NODES]
+        return [*base_model.NODES, *concept_files.NODES, *augment.NODES, *sampling.NODES, *regional_concepts.NODES,
+                *latents.NODES, *training.NODES, *erasure.NODES]
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -3,10 +3,10 @@
 The node API (`comfy_api`) and ComfyUI's documented node helpers (`folder_paths`, `comfy.utils.ProgressBar`,
 `comfy.model_management`'s interrupt and unload, `comfy.sd`'s checkpoint, LoRA, CLIP and VAE loaders) are
 used directly by the node modules. What follows has no public form: building a small model whose GroupNorms
-are not 32-grouped, an SDXL size embedding of another width, text encoders of another width, and prompt
-words that resolve to vectors held in memory. Each function checks the signature or attribute it relies on
-and, when a ComfyUI release changed it beyond the forms known here, raises a ClifError that names the
-ComfyUI version and the supported range instead of a TypeError deep inside ComfyUI.
+are not 32-grouped, an SDXL size embedding of another width, text encoders of another width, prompt
+words that resolve to vectors held in memory, and a VAE's latent size. Each function checks the signature
+or attribute it relies on and, when a ComfyUI release changed it beyond the forms known here, raises a
+ClifError that names the ComfyUI version and the supported range instead of a TypeError deep inside ComfyUI.
 
 Verified on ComfyUI 0.3.52 and 0.3.75 (tests/test_comfy_compat.py runs every function in both).
 ComfyUI is imported inside the functions only: the pack must import cheaply when ComfyUI starts.
@@ -34,8 +34,8 @@ def comfyui_version() -> str:
 
 
 def _unsupported(what: str) -> ClifError:
-    return ClifError(f"ComfyUI {comfyui_version()} changed {what}, which the CLIF pack needs for small models "
-                     f"and concept tokens; use a ComfyUI from {SUPPORTED} or update the pack.")
+    return ClifError(f"ComfyUI {comfyui_version()} changed {what}, which the CLIF pack needs for small models, "
+                     f"concept tokens and latent sizes; use a ComfyUI from {SUPPORTED} or update the pack.")
 
 
 def unet_operations(model_config, groups: int) -> type:
@@ -156,3 +156,21 @@ def with_lora_hook(conditioning: list, lora: Mapping[str, object], strength: flo
         return comfy.hooks.set_hooks_for_conditioning(conditioning, hooks)
     except (AttributeError, TypeError) as err:
         raise _unsupported("its LoRA hooks on conditioning (comfy.hooks)") from err
+
+
+def vae_latent_layout(vae) -> tuple[int, int]:
+    """(latent channels, pixels per latent cell along each side) of a ComfyUI image VAE.
+
+    ComfyUI's stock Empty Latent Image assumes 8 pixels per cell; the VAE knows its own factor
+    (`downscale_ratio`, which the stock VAE Encode node also reads) and channel count (`latent_channels`).
+    Neither is part of a documented API; both have this form in 0.3.52 and 0.3.75. Video and audio VAEs keep a
+    tuple or a per-axis function in `downscale_ratio` or a `latent_dim` other than 2: refused, they make no
+    image latents.
+    """
+    if getattr(vae, "latent_dim", 2) != 2:
+        raise ClifError(f"this VAE makes {vae.latent_dim}-dimensional latents (video or audio), not image latents: "
+                        "connect the VAE of an image model (Stable Diffusion, the sandbox model)")
+    ratio, channels = getattr(vae, "downscale_ratio", None), getattr(vae, "latent_channels", None)
+    if not isinstance(ratio, int) or not isinstance(channels, int):
+        raise _unsupported("its VAE (no integer downscale_ratio and latent_channels)")
+    return channels, ratio

@@ -6,8 +6,9 @@
 
 Starts the test rig's real ComfyUI server with the pack (tests/comfyui/rig.py), reads its live /object_info for
 widget order, socket types and combo options, writes each workflow in the editor's UI format, then converts it
-with comfy-cli's converter, runs it (step counts lowered unless --shipped-steps) and saves the first output image as the same-name
-.jpg thumbnail. A workflow whose nodes the pack does not register yet is skipped and named.
+with comfy-cli's converter, runs it (step counts lowered unless --shipped-steps) and saves its first output images as
+the same-name .jpg thumbnail (erasure and purification: a grid labelled "before" / "after: circle erased"). A
+workflow whose nodes the pack does not register yet is skipped and named.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ PAIR = "a photo of <ada> on the left and <ida> on the right"
 NEGATIVE = "blurry, deformed"
 ERASE_TARGET = "circle -> square"
 SAVED_PATCH = "erase_circle"
+# Workflows whose thumbnail is a labelled before/after grid: the node titles of what "before" and "after" show
+# (a Load Image's picture or a save node's images), and how they pair up.
+BEFORE_AFTER = {"clif_4_erase_a_concept": ("Save: before", "Save: after", "row"),
+                "clif_5_purify_an_image": ("Picture with a circle", "Save: purified", "column")}
+THUMB_SIDE = 192
 
 
 def stock_sampler(prefix: str, key: str, title: str, model: tuple[str, str], seed: int, prompt_key: str,
@@ -125,7 +131,7 @@ def workflows(base: str, vision: str) -> list[Workflow]:
         ]),
         Workflow("clif_3_concepts_in_stock_graph", note="Trained concepts in ComfyUI's own graph: CLIF Apply "
                  "Concepts patches MODEL and CLIP, then the stock CLIPTextEncode, KSampler, VAEDecode, SaveImage. "
-                 "The sandbox VAE folds 4x4 pixels into one latent, so a 128x128 empty latent gives 64x64 pictures.",
+                 "CLIF Empty Latent (model-sized) reads the VAE's factor, so 64 px typed are 64 px pictures.",
                  groups=[
             Group("1. Model and concepts", [
                 load, concepts,
@@ -136,7 +142,8 @@ def workflows(base: str, vision: str) -> list[Workflow]:
                 Node("pos", "CLIPTextEncode", "Prompt with the concept tokens", {"text": PAIR},
                      {"clip": ("apply", "CLIP")}),
                 Node("neg", "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE}, {"clip": ("apply", "CLIP")}),
-                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 2}),
+                Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
+                     {"width": 64, "height": 64, "batch_size": 2}, {"vae": ("base", "VAE")}),
             ], "#2a6f3a"),
             Group("3. Native sampling", stock_sampler("clif/stock_graph", "s", "KSampler with concepts",
                                                       ("apply", "MODEL"), 7, "pos", "neg", "latent",
@@ -157,7 +164,8 @@ def workflows(base: str, vision: str) -> list[Workflow]:
                 Node("pos", "CLIPTextEncode", "Prompt naming the erased concept", {"text": "a blue circle"},
                      {"clip": ("base", "CLIP")}),
                 Node("neg", "CLIPTextEncode", "Negative prompt", {"text": ""}, {"clip": ("base", "CLIP")}),
-                Node("latent", "EmptyLatentImage", "Empty latent", {"width": 128, "height": 128, "batch_size": 4}),
+                Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
+                     {"width": 64, "height": 64, "batch_size": 4}, {"vae": ("base", "VAE")}),
             ], "#2a6f3a"),
             Group("3. Before (original model)", stock_sampler("clif/erase_before", "before", "KSampler before",
                                                               ("base", "MODEL"), 11, "pos", "neg", "latent",
@@ -194,13 +202,37 @@ def thumbnail(paths: list[Path], out: Path) -> None:
     from PIL import Image
 
     images = [Image.open(p).convert("RGB") for p in paths[:4]]
-    side = 192
-    sheet = Image.new("RGB", (side * len(images), side), "white")
+    sheet = Image.new("RGB", (THUMB_SIDE * len(images), THUMB_SIDE), "white")
     for i, im in enumerate(images):
-        sheet.paste(im.resize((side, side), Image.NEAREST), (i * side, 0))
+        sheet.paste(im.resize((THUMB_SIDE, THUMB_SIDE), Image.NEAREST), (i * THUMB_SIDE, 0))
+    _save_jpeg(sheet, out)
+
+
+def before_after_thumbnail(before: list[Path], after: list[Path], by: str, out: Path) -> None:
+    """The images labelled "before" and "after: circle erased" in the picture itself."""
+    from PIL import Image
+
+    from clif_core.sheets import before_after_grid
+
+    def opened(paths: list[Path]) -> list:
+        return [Image.open(p).convert("RGB") for p in paths[:4]]
+
+    erased = ERASE_TARGET.split("->")[0].strip()
+    _save_jpeg(before_after_grid(opened(before), opened(after), erased, cell=THUMB_SIDE, by=by), out)
+
+
+def _save_jpeg(sheet, out: Path) -> None:
     buf = io.BytesIO()
     sheet.save(buf, format="JPEG", quality=88)
     out.write_bytes(buf.getvalue())
+
+
+def titled_images(server, entry: dict, ui: dict, title: str) -> list[Path]:
+    """The pictures of the node titled `title`: a Load Image's input file, or what a save node wrote."""
+    [node] = [n for n in ui["nodes"] if n.get("title") == title]
+    if node["type"] == "LoadImage":
+        return [server.input_dir / node["widgets_values"][0]]
+    return server.output_files({"outputs": {str(node["id"]): entry["outputs"][str(node["id"])]}})
 
 
 def main() -> None:
@@ -244,7 +276,12 @@ def main() -> None:
             images = [p for p in server.output_files(entry) if p.suffix == ".png"]  # previews too (training)
             images = [p for p in server.output_files({"outputs": {k: v for k, v in entry["outputs"].items()
                                                                   if k in saved}})] or images
-            thumbnail(images, path.with_suffix(".jpg"))
+            if wf.name in BEFORE_AFTER:
+                before, after, by = BEFORE_AFTER[wf.name]
+                before_after_thumbnail(titled_images(server, entry, ui, before),
+                                       titled_images(server, entry, ui, after), by, path.with_suffix(".jpg"))
+            else:
+                thumbnail(images, path.with_suffix(".jpg"))
             print(f"  thumbnail from {len(images)} output image(s)")
         for s in skipped:
             print(f"skipped {s}")

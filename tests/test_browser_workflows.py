@@ -6,7 +6,7 @@ path (app.loadGraphData, what opening a file or a template does): no missing-nod
 every node type known, the node count equal to the file's, and the editor's own graphToPrompt giving the same
 API prompt as comfy-cli's converter (so the widget values sit where the file says). One workflow is queued with
 the editor's Run button and its images must appear on its save nodes. Screenshots go to test-artefacts/browser/
-(git-ignored). Without chromium the test skips, except in CI (CI set), where it must run.
+(git-ignored): each whole graph, and each group at 100% zoom (scripts/docs_images.py copies those into the docs). Without chromium the test skips, except in CI (CI set), where it must run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.workflow_tools import REPO_ROOT, WORKFLOWS_DIR, default_base_model, ensure_concept_file, prepare_server
 
@@ -120,7 +121,7 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
         "url": comfy_server.url, "chromium": str(CHROMIUM), "nodeModules": str(NODE_MODULES),
         "userDataDir": str(tmp_path / "chromium-profile"), "artefacts": str(ARTEFACTS),
         "workflows": [{"name": p.stem, "path": str(p)} for p in workflows], "queue": QUEUED, "steps": 2,
-        "timeoutMs": 300_000,
+        "timeoutMs": 300_000, "viewport": {"width": 2400, "height": 1500},
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
     done = subprocess.run(["node", str(SCRIPT), str(tmp_path / "job.json")], capture_output=True, text=True,
@@ -138,7 +139,12 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
         diffs = _api_equal(loaded["prompt"], convert_ui_to_api(ui, info))
         assert not diffs, f"{name}: the editor and comfy-cli disagree:\n" + "\n".join(diffs)
         assert (ARTEFACTS / f"{name}.png").is_file()
-        assert len(loaded["groupShots"]) == len(ui["groups"]) and all((ARTEFACTS / f).is_file() for f in loaded["groupShots"])
+        assert len(loaded["groupShots"]) == len(ui["groups"]), f"{name}: one screenshot per group"
+        for shot in loaded["groupShots"]:  # at 100% zoom, the whole group: the widgets read as in the editor
+            assert shot["scale"] == 1, f"{name}: {shot['file']} at zoom {shot['scale']}"
+            with Image.open(ARTEFACTS / shot["file"]) as im:
+                assert list(im.size) == shot["size"], f"{name}: {shot['file']} is {im.size}, not {shot['size']}"
+            assert all(side >= group for side, group in zip(shot["size"], shot["groupSize"])), shot
     unexplained = _unexplained_errors(result["consoleErrors"], result["failedRequests"])
     assert not unexplained, ("console errors:\n" + "\n".join(map(str, unexplained))
                              + "\nfailed requests:\n" + "\n".join(map(str, result["failedRequests"])))

@@ -33,4 +33,7 @@ def test_compat_layer_works_in_each_supported_comfyui(version: str):
     assert found["embedding_size"] == 32
     assert found["memory_embedding_rows"] == found["vector"], "embedding:<alice> did not resolve to the vectors"
     assert found["original_untouched"], "the tokenizer handed in was changed in place"
+    assert found["vae_latent_layout"] == [4, 8], "ComfyUI's VAE class no longer says its latent channels and factor"
+    refusal = found["video_vae_refusal"]
+    assert "not image latents" in refusal and "connect the VAE of an image model" in refusal
     assert f"ComfyUI {version}" in found["refusal"] and "0.3.52 to 0.3.75" in found["refusal"]

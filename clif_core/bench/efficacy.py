@@ -359,7 +359,8 @@ def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[
            table: dict[str, dict[str, Estimate]], seconds: float) -> dict[str, Path]:
     from clif_core.fileio import write_text_atomic
 
-    from .report import finite_json, labelled_grid, markdown_table, save_png
+    from ..sheets import labelled_grid
+    from .report import finite_json, markdown_table, save_png
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

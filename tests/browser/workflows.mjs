@@ -1,7 +1,7 @@
 // Loads workflows into a running ComfyUI's own frontend in headless Chromium and queues one from the UI.
 // Usage: node workflows.mjs <job.json>; job = {url, chromium, userDataDir, artefacts, workflows: [{name, path}],
-// queue: name, steps}. Prints one JSON line: {loaded: [{name, nodes, fileNodes, missingTypes, dialogs, prompt, groupShots}],
-// queued: {...}, consoleErrors: [...]}. Playwright-core drives the system Chromium (no browser download).
+// queue: name, steps, viewport: {width, height}}. Prints one JSON line: {loaded: [{name, nodes, fileNodes,
+// missingTypes, dialogs, prompt, groupShots: [{file, scale, groupSize, size}]}], queued: {...}, consoleErrors: [...]}. Playwright-core drives the system Chromium (no browser download).
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -18,7 +18,7 @@ const context = await chromium.launchPersistentContext(job.userDataDir, {
   headless: true,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"],
-  viewport: { width: 2400, height: 1500 },
+  viewport: job.viewport,
 });
 const result = { loaded: [], queued: null, consoleErrors, failedRequests };
 try {
@@ -37,31 +37,40 @@ try {
       .filter((d) => d.offsetParent !== null || d.getClientRects().length)
       .map((d) => d.innerText.slice(0, 300)));
 
-  // One screenshot per group at (up to) full size, for the tutorial: the view moved so the group sits just
-  // inside the canvas's top-left corner, clear of the editor's floating menus.
+  // One screenshot per group at 100% zoom (the size the editor draws its widgets at, so they can be read), for
+  // the README gallery and the tutorial: the view moved so the group sits just inside the canvas's top-left
+  // corner, clear of the editor's floating menus; a group larger than the window gets a larger window.
+  const margin = [70, 150];  // below the floating workflow-name box
   const groupShots = async (name) => {
-    const count = await page.evaluate(() => (window.app.graph.groups ?? window.app.graph._groups ?? []).length);
-    const files = [];
-    for (let i = 0; i < count; i++) {
-      const clip = await page.evaluate(({ i }) => {
+    const bounds = await page.evaluate(() => (window.app.graph.groups ?? window.app.graph._groups ?? [])
+      .map((g) => [...(g._bounding ?? [...g.pos, ...g.size])]));
+    const shots = [];
+    for (const [i, [x, y, w, h]] of bounds.entries()) {
+      const needed = { width: Math.max(job.viewport.width, Math.ceil(w) + 2 * margin[0]),
+                        height: Math.max(job.viewport.height, Math.ceil(h) + 2 * margin[1]) };
+      const current = page.viewportSize();
+      if (current.width !== needed.width || current.height !== needed.height) {
+        await page.setViewportSize(needed);
+        await page.waitForTimeout(300);  // the editor resizes its canvas on the window's resize event
+      }
+      const clip = await page.evaluate(({ x, y, w, h, margin }) => {
         const canvas = window.app.canvas;
-        const group = (window.app.graph.groups ?? window.app.graph._groups)[i];
-        const [x, y, w, h] = group._bounding ?? [...group.pos, ...group.size];
         const rect = canvas.canvas.getBoundingClientRect();
-        const margin = [70, 150];  // below the floating workflow-name box
-        const scale = Math.min(1, (rect.width - 2 * margin[0]) / w, (rect.height - 2 * margin[1]) / h);
-        canvas.ds.scale = scale;
-        canvas.ds.offset = [margin[0] / scale - x, margin[1] / scale - y];
+        canvas.ds.scale = 1;
+        canvas.ds.offset = [margin[0] - x, margin[1] - y];
         canvas.setDirty(true, true);
         canvas.draw(true, true);
-        return { x: rect.left + margin[0] - 4, y: rect.top + margin[1] - 4, width: w * scale + 8, height: h * scale + 8 };
-      }, { i });
+        return { x: rect.left + margin[0] - 4, y: rect.top + margin[1] - 4, width: Math.ceil(w) + 8,
+                 height: Math.ceil(h) + 8, scale: canvas.ds.scale };
+      }, { x, y, w, h, margin });
       await page.waitForTimeout(200);
       const file = `${name}.group${i + 1}.png`;
-      await page.screenshot({ path: path.join(job.artefacts, file), clip });
-      files.push(file);
+      const { scale, ...area } = clip;
+      await page.screenshot({ path: path.join(job.artefacts, file), clip: area });
+      shots.push({ file, scale, groupSize: [w, h], size: [area.width, area.height] });
     }
-    return files;
+    await page.setViewportSize(job.viewport);
+    return shots;
   };
 
   for (const wf of job.workflows) {

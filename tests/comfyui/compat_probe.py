@@ -21,6 +21,7 @@ def main() -> dict:
     args.cpu = True  # before comfy.model_management looks for a GPU
     import comfy.ldm.modules.diffusionmodules.model as blocks
     import comfy.model_base
+    import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models
 
@@ -56,6 +57,17 @@ def main() -> dict:
     found["vector"] = vector.tolist()
     found["original_untouched"] = (tokenizer.clip_l.embedding_directory is None
                                    and "_try_get_embedding" not in vars(tokenizer.clip_l))
+
+    # ComfyUI's own VAE class built from a config (small widths): 4 channels, its default 8 px per latent cell
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    with compat.vae_group_norm(4):
+        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+    found["vae_latent_layout"] = list(compat.vae_latent_layout(vae))
+    try:
+        compat.vae_latent_layout(types.SimpleNamespace(latent_dim=3, downscale_ratio=(4, 8, 8), latent_channels=16))
+    except ClifError as err:
+        found["video_vae_refusal"] = str(err)
 
     try:
         compat.with_memory_embeddings(types.SimpleNamespace(), {})
