@@ -45,6 +45,9 @@ def test_stop_resume_export_and_load(tmp_path):
     assert state.done
     assert resumed[0] == 6 and resumed[-1] == TOTAL  # continued where it stopped, no stage repeated
     assert set(state.cpu_seconds) == set(STAGES) and state.scaling_factor > 0
+    ceiling = state.vae_ceiling  # the oracle on the VAE's reconstructions, measured when the VAE stage ended
+    assert ceiling["renders"] == 16 and 0 <= ceiling["reconstructed"]["scene"] <= 1
+    assert ceiling["clean"]["scene"] >= 0.5  # the oracle reads real renders; a test-size VAE's output it cannot
 
     paths = export_model(work, tmp_path / "model")
     from clif_core.models.loader import load_base_model
@@ -99,3 +102,31 @@ def test_text_checkpoint_keeps_only_trained_rows(tmp_path):
     with safe_open(str(work / "checkpoint" / "text.safetensors"), "pt") as f:
         ids = f.get_tensor(next(k for k in f.keys() if k.endswith("token_embedding.weight.changed_ids")))
     assert 10 < len(ids) < 2000  # the world's few hundred caption tokens, not the 49,408-row table
+
+
+def test_unet_snapshot_is_a_learning_curve_point(tmp_path):
+    """Mid-UNet-stage EMA weights export as a loadable model whose record names the step; its prompt-following
+    report becomes a point of the curve JSON and PNG."""
+    work = tmp_path / "work"
+    stop_in_unet = Reporter(should_stop=lambda: load_state(work) is not None and load_state(work).stage == "unet",
+                            log=lambda m: None)
+    with pytest.raises(Cancelled):
+        _run(work, reporter=stop_in_unet)
+    state = load_state(work)
+    assert state.stage == "unet" and 0 < state.step < CFG.unet.steps
+    paths = export_model(work, tmp_path / "snap", unfinished=True)
+    record = json.loads((paths.diffusers_dir / "sandbox_model.json").read_text())
+    assert record["unfinished"] == {"stage": "unet", "step": state.step, "of": CFG.unet.steps}
+
+    from clif_core.sandbox.learning_curve import add_point
+
+    report = {"prompt_following": {"sets": {"one_object": {"fully_correct": 0.25}, "two_objects": {"fully_correct": 0.0},
+                                             "figures": {"fully_correct": 0.5}}}}
+    curve = tmp_path / "curve.json"
+    add_point(curve, paths.diffusers_dir, report)
+    points = add_point(curve, paths.diffusers_dir, report)  # the same step again replaces its point
+    assert points == [{"step": state.step, "images_seen": state.step * CFG.unet.batch_size, "one_object": 0.25,
+                       "two_objects": 0.0, "figures": 0.5}]
+    from PIL import Image
+
+    assert Image.open(curve.with_suffix(".png")).size[0] > 100

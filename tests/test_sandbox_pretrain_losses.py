@@ -92,3 +92,17 @@ def test_clip_loss_prefers_true_captions_after_a_few_steps(world, text):
         opt.step()
     text.eval()
     assert float(loss.detach()) < first * 0.8
+
+
+def test_pretrain_benchmark_smoke_run():
+    """benchmarks/pretrain_cpu.py runs every stage and prints a ratio per stage (figures are not asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_cpu.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--preset", "test", "--images", "48", "--blocks", "1", "--steps", "1", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    assert [line.split()[0] for line in out.splitlines() if "ratio" in line] == ["vae", "clip", "unet"]

@@ -40,10 +40,12 @@ from clif_core.sandbox.model_arch import (
     scheduler_config,
     tokenizer,
 )
+from clif_core.sandbox.oracle import DEFAULT_WEIGHTS
 from clif_core.sandbox.pretrain_data import WorldSet, build_world_set
 from clif_core.sandbox.pretrain_losses import (
     CLIP_MEAN,
     CLIP_STD,
+    VaeObjective,
     clip_loss,
     latent_moments,
     pixels,
@@ -75,11 +77,13 @@ class PretrainConfig:
     seed: int = 0
     quality: str = "full"  # written into the model's metadata: "full", "smoke" or "test"
     kl_weight: float = 1e-6
+    vae_objective: VaeObjective = VaeObjective()
     text_dropout: float = 0.1
     p_background_caption: float = 0.5
     min_snr_gamma: float = 5.0
     ema_power: float = 2 / 3  # diffusers EMAModel warm-up: decay = 1 - (1 + step)^-power, capped at 0.9999
     checkpoint_minutes: float = 3.0
+    ceiling_renders: int = 1000  # fresh renders the VAE ceiling is measured on after the VAE stage
     checkpoint_dtype: str = "float32"  # "float16": half-size checkpoints without optimizer state (to carry)
 
     def stage(self, name: str) -> StageConfig:
@@ -100,6 +104,20 @@ PRESETS: dict[str, PretrainConfig] = {
         unet=StageConfig(steps=30_000, batch_size=512, lr=4e-4, warmup=500),
         quality="full",
     ),
+    # Two CPU cores, at most six hours of wall-clock time in all: the smaller architecture, a VAE objective that
+    # keeps what the oracle reads (docs/sandbox.md, "the VAE ceiling"), long UNet training. Run as several
+    # `--max-minutes` commands across sessions; half-size checkpoints so the work folder can be committed.
+    "cpu": PretrainConfig(
+        arch=SandboxArch.smoke(),
+        n_images=60_000,
+        vae=StageConfig(steps=5_000, batch_size=32, lr=2e-3, warmup=50),
+        clip=StageConfig(steps=2_000, batch_size=128, lr=1e-3, warmup=50),
+        unet=StageConfig(steps=20_000, batch_size=64, lr=5e-4, warmup=200),
+        vae_objective=VaeObjective(object_weight=3.0, gradient_weight=1.0, spectrum_weight=1.0),
+        quality="cpu",
+        checkpoint_minutes=10.0,
+        checkpoint_dtype="float16",
+    ),
     # Two CPU cores, about 15 minutes of CPU time: a smaller model, trained far too briefly to be good.
     "cpu-smoke": PretrainConfig(
         arch=SandboxArch.smoke(),
@@ -119,6 +137,7 @@ PRESETS: dict[str, PretrainConfig] = {
         unet=StageConfig(steps=4, batch_size=8, lr=1e-3, warmup=1),
         quality="test",
         checkpoint_minutes=0.0,
+        ceiling_renders=16,
     ),
 }
 
@@ -134,6 +153,7 @@ class PretrainState:
     seconds: dict[str, float] = field(default_factory=dict)  # wall-clock per stage
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time per stage (all threads)
     final_loss: dict[str, float] = field(default_factory=dict)
+    vae_ceiling: Optional[dict] = None  # the oracle on VAE reconstructions of fresh renders (vae_ceiling.py)
     device: str = ""
 
     @property
@@ -401,10 +421,16 @@ def _train_vae(t: _Trainer, world: WorldSet) -> bool:
     vae = modules["vae"] if "vae" in modules else _fresh("vae", cfg.arch, cfg.seed).to(t.device)
     vae.train()
 
-    loss_fn = vae_loss(vae, world, stage.batch_size, cfg.kl_weight)
+    loss_fn = vae_loss(vae, world, stage.batch_size, cfg.kl_weight, cfg.vae_objective)
     done = t.run([{"params": list(vae.parameters())}], loss_fn, lambda: ({"vae": vae}, {}))
     if done:
         t.state.scaling_factor = _scaling_factor(vae, world, t.device)
+        if DEFAULT_WEIGHTS.is_file() and cfg.ceiling_renders > 0:
+            from clif_core.sandbox.vae_ceiling import vae_ceiling
+
+            t.state.vae_ceiling = vae_ceiling(vae.eval(), n=cfg.ceiling_renders)
+            t.reporter.log(f"VAE ceiling: oracle reads {t.state.vae_ceiling['reconstructed']['scene']:.3f} of "
+                           f"reconstructions, {t.state.vae_ceiling['clean']['scene']:.3f} of the renders")
         t.state.stage, t.state.step = "clip", 0
         _write_checkpoint(t.work, t.state, cfg, {"vae": vae}, {})
     return done
@@ -542,6 +568,7 @@ def export_model(
         "stages": {s: {"steps": cfg.stage(s).steps, "batch_size": cfg.stage(s).batch_size,
                        "seconds": round(state.seconds.get(s, 0.0), 1), "final_loss": state.final_loss.get(s)} for s in STAGES},
         "images": cfg.n_images,
+        "vae_ceiling": state.vae_ceiling,
         "device": state.device,
         "config": state.config,
         **(notes or {}),
@@ -572,13 +599,16 @@ QUALITY_NOTES = {
     "blurry and it follows prompts poorly; replace it with a model from `clif sandbox pretrain --preset gpu`.",
     "test": "TEST MODEL: a few steps of a miniature architecture; images are noise.",
     "full": "Pretrained on one GPU with `clif sandbox pretrain --preset gpu`.",
+    "cpu": "Pretrained on two CPU cores with `clif sandbox pretrain --preset cpu` (docs/sandbox.md has its measured "
+    "prompt following).",
 }
 
 
 def config_from_json(data: dict) -> PretrainConfig:
     return PretrainConfig(
         arch=SandboxArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["arch"].items()}),
-        **{k: StageConfig(**v) if k in STAGES else v for k, v in data.items() if k != "arch"},
+        **{k: StageConfig(**v) if k in STAGES else VaeObjective(**v) if k == "vae_objective" else v
+           for k, v in data.items() if k != "arch"},
     )
 
 

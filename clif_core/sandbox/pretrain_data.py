@@ -28,12 +28,13 @@ class WorldSet:
     ids: torch.Tensor  # int64 [N, 2, 77]: caption with / without the background
     negative_ids: torch.Tensor  # int64 [N, 2, 77]: a hard negative of each
     empty_ids: torch.Tensor  # int64 [77]: the empty prompt (classifier-free guidance)
+    objects: torch.Tensor  # bool [N, 64, 64]: pixels of any object (the VAE weighs them above the background)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def to(self, device: torch.device) -> "WorldSet":
-        return WorldSet(*(t.to(device) for t in (self.images, self.ids, self.negative_ids, self.empty_ids)))
+        return WorldSet(*(t.to(device) for t in (self.images, self.ids, self.negative_ids, self.empty_ids, self.objects)))
 
 
 def _other(rng: np.random.Generator, values: tuple[str, ...], current: str) -> str:
@@ -88,5 +89,5 @@ def build_world_set(
         negatives += [caption(neg, background=True), caption(neg, background=False)]
     ids = tokenize(tokenizer, positives).view(n, 2, MAX_TOKENS)
     neg_ids = tokenize(tokenizer, negatives).view(n, 2, MAX_TOKENS)
-    world = WorldSet(rendered.images, ids, neg_ids, tokenize(tokenizer, [""])[0])
+    world = WorldSet(rendered.images, ids, neg_ids, tokenize(tokenizer, [""])[0], rendered.union)
     return world.to(device) if device is not None else world
