@@ -46,11 +46,13 @@ def _scores(oracle: Oracle, data: RenderedSet) -> dict:
     }
 
 
-def vae_ceiling(vae: Any, oracle: Optional[Oracle] = None, n: int = 1000, workers: int = 1) -> dict:
+def vae_ceiling(
+    vae: Any, oracle: Optional[Oracle] = None, n: int = 1000, workers: int = 1, seed_base: int = CEILING_SEED_BASE
+) -> dict:
     """Oracle scores of `n` fresh renders and of their reconstructions; `ratio` = reconstructed / clean
     whole-scene accuracy (captioned attributes; `scene_with_detail` also requires the uncaptioned detail)."""
     oracle = oracle or Oracle.load()
-    clean = render_set(CEILING_SEED_BASE, n, workers=workers)
+    clean = render_set(seed_base, n, workers=workers)
     recon = replace(clean, images=reconstruct(vae, clean.images))
     a, b = _scores(oracle, clean), _scores(oracle, recon)
     return {"renders": n, "clean": a, "reconstructed": b, "ratio": round(b["scene"] / max(a["scene"], 1e-9), 4)}
