@@ -31,7 +31,7 @@ def _size(folder: Path) -> int:
 def test_committed_model_is_small_and_labelled():
     assert _size(BASE) <= MAX_BYTES, f"{BASE} holds {_size(BASE) / 2**20:.1f} MiB; the limit is 40 MiB"
     record = json.loads((BASE / "diffusers" / "sandbox_model.json").read_text())
-    assert record["quality"] in ("smoke", "full")
+    assert record["quality"] in ("smoke", "cpu", "full")
     if record["quality"] == "smoke":
         assert "SMOKE QUALITY" in record["note"]
     for part in ("unet", "vae", "text_encoder"):
@@ -49,6 +49,18 @@ def test_loads_like_a_users_diffusers_folder(base):
     assert slot.name == "clip_l"
     text = "a red striped circle on the left and a figure with a green round head on the right"
     assert slot.tokenizer(text).input_ids == clip_tokenizer()(text).input_ids  # the real CLIP BPE
+
+
+def test_plain_diffusers_runs_it_on_the_cpu_as_documented():
+    """docs/sandbox.md's diffusers route, no pack code and no torch_dtype: every component in one dtype."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(BASE / "diffusers"), safety_checker=None)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red striped circle", height=64, width=64, num_inference_steps=2, guidance_scale=5,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
 
 
 def test_samples_64px_images(base):

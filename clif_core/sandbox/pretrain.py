@@ -527,7 +527,8 @@ def export_model(
     work_dir: Union[str, Path], out_dir: Union[str, Path], notes: Optional[dict] = None, unfinished: bool = False
 ) -> SandboxPaths:
     """Write the finished model as `out_dir/diffusers` (what `load_base_model` loads) and `out_dir/vision` (the
-    matching vision tower), weights in float16; `out_dir/diffusers/sandbox_model.json` records how it was made.
+    matching vision tower), weights in float32 (so that diffusers' and transformers' `from_pretrained` without a
+    `torch_dtype` give one dtype that runs on a CPU); `out_dir/diffusers/sandbox_model.json` records how it was made.
 
     `unfinished=True` exports the EMA weights of a UNet stage still in progress (a point of the learning curve);
     its record says at which step."""
@@ -557,7 +558,7 @@ def export_model(
         encoders=[modules["text"]],
         tokenizers=[tokenizer()],
         device=torch.device("cpu"),
-        dtype=torch.float16,
+        dtype=torch.float32,
     )
     logit_scale = float(extras["vision"]["logit_scale"])
     record = {
@@ -579,7 +580,7 @@ def export_model(
         save_diffusers(base, tmp)
         (tmp / "sandbox_model.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     with atomic_dir(out / "vision") as tmp:
-        modules["vision"].half().save_pretrained(tmp)
+        modules["vision"].float().save_pretrained(tmp)
         CLIPImageProcessor(
             size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=list(CLIP_MEAN),
             image_std=list(CLIP_STD),
