@@ -24,7 +24,7 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "2"}
 
 
-def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
