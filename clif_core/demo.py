@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,21 +38,54 @@ class DemoConfig:
 
 
 @dataclass
+class Phase:
+    """One step of the job: wall time (time.perf_counter), CPU time of this process and the process's peak RSS
+    at its end (resource.getrusage; None where the platform has no getrusage)."""
+
+    name: str
+    seconds: float
+    cpu_seconds: Optional[float]
+    peak_rss_mib: Optional[float]
+    summary: str
+
+
+@dataclass
 class Report:
     """What the report page shows, filled step by step."""
 
     model_note: str = ""
-    steps: list[tuple[str, float, str]] = field(default_factory=list)  # (step, seconds, summary)
+    phases: list[Phase] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, relative path)
     metrics: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def timing(self) -> dict[str, Any]:
+        """The per-phase breakdown, the wall time since the report was started and the peak RSS, for metrics.json."""
+        peaks = [p.peak_rss_mib for p in self.phases if p.peak_rss_mib is not None]
+        return {"phases": [asdict(p) for p in self.phases], "total_seconds": time.perf_counter() - self.started,
+                "peak_rss_mib": max(peaks) if peaks else None}
+
+
+def _usage() -> tuple[Optional[float], Optional[float]]:
+    """(CPU seconds, peak RSS MiB) of this process so far; (None, None) without the resource module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None, None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 2**10  # bytes / KiB
+    return usage.ru_utime + usage.ru_stime, peak
 
 
 def _timed(report: Report, name: str, reporter: Reporter, fn: Callable[[], tuple[Any, str]]) -> Any:
     reporter.log(f"== {name}")
+    cpu_start, _ = _usage()
     start = time.perf_counter()
     value, summary = fn()
     seconds = time.perf_counter() - start
-    report.steps.append((name, seconds, summary))
+    cpu_end, peak = _usage()
+    cpu = cpu_end - cpu_start if cpu_end is not None and cpu_start is not None else None
+    report.phases.append(Phase(name, seconds, cpu, peak, summary))
     reporter.log(f"   {summary} ({seconds:.1f} s)")
     return value
 
@@ -190,15 +224,21 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     erased = _timed(report, "All-but-One erasure", reporter, erase)
     report.metrics["erasure"] = erased.metrics
     erase_prompts = [f"a red {target}", "a green triangle"]
-    before_after = []
-    for p in erase_prompts:
-        cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
-        before_after += [(f"'{p}' before", sample(base, cfg, (), reporter).images),
-                         (f"after: {target} erased", sample(base, cfg, [erased.patch], reporter).images)]
-    _save(report, out, "erasure.png", labelled_grid(before_after, cell=64, label_width=120),
+
+    def before_after() -> tuple[Any, str]:
+        rows = []
+        for p in erase_prompts:
+            cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
+            rows += [(f"'{p}' before", sample(base, cfg, (), reporter).images),
+                     (f"after: {target} erased", sample(base, cfg, [erased.patch], reporter).images)]
+        return rows, f"{len(erase_prompts)} prompts × 4 seeds, before and after"
+
+    rows = _timed(report, "erasure before/after samples", reporter, before_after)
+    _save(report, out, "erasure.png", labelled_grid(rows, cell=64, label_width=120),
           f"the same 4 seeds per prompt before and after erasing '{target}' → '{alternative}'")
 
-    report.metrics["oracle"] = _oracle_scores(characters, (name_a, name_b), prompts, samples)
+    report.metrics["oracle"] = _timed(report, "oracle scores", reporter, lambda: (
+        _oracle_scores(characters, (name_a, name_b), prompts, samples), "identity per slot of the samples"))
     return _write_report(out, report)
 
 
@@ -224,8 +264,16 @@ def _oracle_scores(characters: Any, names: tuple[str, str], prompts: list[str], 
 def _write_report(out: Path, report: Report) -> Path:
     from .fileio import write_text_atomic
 
-    rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{t:.1f} s</td><td>{html.escape(m)}</td></tr>"
-                   for s, t, m in report.steps)
+    def number(value: Optional[float], unit: str) -> str:
+        return "–" if value is None else f"{value:.1f} {unit}"
+
+    timing = report.timing()
+    rows = "".join(f"<tr><td>{html.escape(p.name)}</td><td>{p.seconds:.1f} s</td><td>{number(p.cpu_seconds, 's')}"
+                   f"</td><td>{number(p.peak_rss_mib, 'MiB')}</td><td>{html.escape(p.summary)}</td></tr>"
+                   for p in report.phases)
+    rows = ("<tr><th>step</th><th>wall time</th><th>CPU time</th><th>peak RSS so far</th><th>result</th></tr>" + rows
+            + f"<tr><th>total</th><th>{timing['total_seconds']:.1f} s</th><th></th>"
+              f"<th>{number(timing['peak_rss_mib'], 'MiB')}</th><th></th></tr>")
     figures = "".join(f'<figure><img src="{html.escape(p)}"><figcaption>{c}</figcaption></figure>'
                       for c, p in report.images)
     metrics = html.escape(json.dumps(report.metrics, indent=1, sort_keys=True, default=str))
@@ -233,8 +281,10 @@ def _write_report(out: Path, report: Report) -> Path:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{image-rendering:pixelated;
 max-width:100%;width:640px}}td{{padding:2px 10px}}figure{{margin:1.5em 0}}</style>
 <h1>CLIF main job</h1><p><b>Model:</b> {html.escape(report.model_note)}</p>
-<h2>Steps</h2><table>{rows}</table><h2>Pictures</h2>{figures}<h2>Metrics</h2><pre>{metrics}</pre>"""
-    write_text_atomic(out / "metrics.json", json.dumps(report.metrics, indent=1, sort_keys=True, default=str))
+<h2>Steps: wall time, CPU time, memory</h2><table>{rows}</table>
+<h2>Pictures</h2>{figures}<h2>Metrics</h2><pre>{metrics}</pre>"""
+    write_text_atomic(out / "metrics.json", json.dumps({**report.metrics, "timing": timing}, indent=1, sort_keys=True,
+                                                       default=str))
     return write_text_atomic(out / "report.html", page)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -111,6 +112,29 @@ class AppliedConcepts:
         self.remove()
 
 
+_EXTENDED: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]]" = weakref.WeakKeyDictionary()
+"""Copies of a tokenizer with concept tokens added, per original tokenizer and token list (the last few). Copying
+a tokenizer (its vocabulary and merges) costs about a second, and a sampler applies the same concept files
+run after run. Nothing in the pack changes a tokenizer in place (tokens are always added to a copy), so a copy
+is reused as it is."""
+EXTENDED_KEPT = 4
+
+
+def _extended_tokenizer(tokenizer: Any, new_tokens: list[str], where: str) -> Any:
+    """A copy of `tokenizer` with `new_tokens` added (made once, then reused)."""
+    copies = _EXTENDED.setdefault(tokenizer, {})
+    key = tuple(new_tokens)
+    if key not in copies:
+        extended = copy.deepcopy(tokenizer)
+        added = extended.add_tokens(new_tokens)
+        if added != len(new_tokens):
+            raise ClifError(f"the {where} tokenizer accepted {added} of {len(new_tokens)} concept tokens")
+        while len(copies) >= EXTENDED_KEPT:
+            copies.pop(next(iter(copies)))
+        copies[key] = extended
+    return copies[key]
+
+
 def _add_tokens(base: Any, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
     for slot in base.text:
         tokenizer, encoder = slot.tokenizer, slot.encoder
@@ -131,10 +155,7 @@ def _add_tokens(base: Any, files: Sequence[ConceptFile], applied: AppliedConcept
                 rows.append(c.embeddings[slot.name])
         if not new_tokens:
             continue
-        extended = copy.deepcopy(tokenizer)
-        added = extended.add_tokens(new_tokens)
-        if added != len(new_tokens):
-            raise ClifError(f"the {slot.name} tokenizer accepted {added} of {len(new_tokens)} concept tokens")
+        extended = _extended_tokenizer(tokenizer, new_tokens, slot.name)
         first = extended.convert_tokens_to_ids(new_tokens[0])
         old = encoder.get_input_embeddings()
         n, width = old.weight.shape

@@ -290,6 +290,9 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
         cond_rows = slice(batch, 2 * batch) if guided else slice(0, batch)
         regional = RegionalAttention(base.unet, config.regions, region_contexts, latent_hw, cond_rows, region_pass)
     timesteps = scheduler.timesteps
+    # per step: were the latents still finite? Kept on the device and read once at the end (and before a
+    # preview), so that the loop does not wait for the GPU at every step
+    finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
     with regional:
         for i, t in enumerate(timesteps):
             reporter.check_cancel()
@@ -303,18 +306,26 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
                 noise = noise_uncond + config.cfg * (noise_cond - noise_uncond)
             out = scheduler.step(noise, t, latents, **step_kwargs)
             latents = out.prev_sample
-            if not bool(torch.isfinite(latents).all()):
-                raise ClifError(
-                    f"sampling stopped at step {i + 1} of {len(timesteps)}: the latents turned NaN or infinite, "
-                    "so every image would be black; nothing was returned. Lower the LoRA strengths or cfg, use "
-                    "float32 or bf16 instead of float16, or check the base model and concept files"
-                )
+            finite[i] = torch.isfinite(latents).all()
             preview = None
             if config.preview_every and ((i + 1) % config.preview_every == 0 or i + 1 == len(timesteps)):
+                _check_finite(finite, len(timesteps))
                 estimate = getattr(out, "pred_original_sample", None)  # the denoised estimate, where the solver has one
                 preview = previewer((estimate if estimate is not None else latents)[:1])
             reporter.progress(i + 1, len(timesteps), preview)
+    _check_finite(finite, len(timesteps))
     return latents
+
+
+def _check_finite(finite: torch.Tensor, steps: int) -> None:
+    """Raise, naming the first step whose latents turned NaN or infinite, when there is one."""
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0]) + 1
+        raise ClifError(
+            f"sampling failed: the latents turned NaN or infinite at step {first} of {steps}, so every image would "
+            "be black; nothing was returned. Lower the LoRA strengths or cfg, use float32 or bf16 instead of "
+            "float16, or check the base model and concept files"
+        )
 
 
 def _graphed(unet: Any, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: Optional[dict],

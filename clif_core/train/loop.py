@@ -216,8 +216,11 @@ class _EpochOrders:
 
 
 def _non_finite(named: dict[str, torch.nn.Parameter]) -> Optional[str]:
-    """The name of the first trainable tensor holding NaN or infinity, else None."""
-    return next((k for k, p in named.items() if not bool(torch.isfinite(p).all())), None)
+    """The name of the first trainable tensor holding NaN or infinity, else None (one read from the device for
+    all the tensors, not one per tensor: a LoRA has a hundred)."""
+    values = list(named.values())
+    flags = torch.stack([torch.isfinite(p).all().to(values[0].device) for p in values]).tolist()
+    return next((k for k, ok in zip(named, flags) if not ok), None)
 
 
 def _last_good(run: RunFolder) -> str:

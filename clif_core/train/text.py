@@ -6,17 +6,32 @@ plus the second encoder's projected pooled output and the size/crop numbers as a
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional, Sequence
 
 import torch
 
 
+_IDS: "weakref.WeakKeyDictionary[Any, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
+"""Token ids per tokenizer and prompt: training captions come back every epoch, and tokenizing them again every
+step is work repeated for nothing. Nothing in the pack changes a tokenizer in place (concept tokens are added
+to a copy), so a tokenizer's ids stay valid."""
+IDS_KEPT = 8192  # prompts per tokenizer; past that the cache starts over
+
+
 def token_ids(slot: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
+    """[len(prompts), model_max_length] token ids (padded, truncated) on `device`; each prompt tokenized once."""
     tokenizer = slot.tokenizer
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+    known = _IDS.setdefault(tokenizer, {})
+    new = sorted({p for p in prompts if p not in known})
+    if new:
+        if len(known) + len(new) > IDS_KEPT:
+            known.clear()
+            new = sorted(set(prompts))
+        ids = tokenizer(new, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        known.update(zip(new, ids))
+    return torch.stack([known[p] for p in prompts]).to(device)
 
 
 def pooled_features(slot: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
