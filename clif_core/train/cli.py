@@ -40,7 +40,8 @@ def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, prefixes: tup
     p.add_argument("--checkpoint-every", type=cli_int(1, 1_000_000), default=100)
     p.add_argument("--keep-checkpoints", type=cli_int(1, 1000), default=2)
     p.add_argument("--preview-every", type=cli_int(0, 1_000_000), default=0,
-                   help="save a preview every N steps (0: never)")
+                   help="save a preview every N steps into RUN/previews (stage 2: each concept alone and all "
+                   "together from one seed; 0: never)")
     p.add_argument("--log-every", type=cli_int(0, 1_000_000), default=25)
 
 
