@@ -1,7 +1,7 @@
-"""Leakage previews while training (stage 2): a grid of each concept alone and both together, at the asked
-steps, in the run folder and on the reporter; drawn with the model being trained (the last cell is what the
-final concept file samples), in eval mode, without changing the training run, and without loading the model
-again."""
+"""Leakage previews while training: a grid of each concept alone and both together, at the asked steps, in
+the run folder and on the reporter; drawn with the model being trained (stage 2's last cell is what the final
+concept file samples), in eval mode, without changing the training run (stage 2 and stage 1), and without
+loading the model again."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from clif_core.progress import Reporter
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.sampler import sample
 from clif_core.train import decoder
+from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import train_decoder
 from clif_core.train.leakage import PreviewPrompt, leakage_prompts
+from clif_core.train.loop import LoopConfig
 from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
 from tests.test_train_decoder import stage2_config
 
@@ -136,3 +138,24 @@ def test_clif_train_previews_load_the_model_once(tiny_sd1, dataset, tmp_path, mo
     assert len(loads) == 1 and len(unets) == 1  # previews sample with the UNet being trained
     assert sorted(p.name for p in (tmp_path / "run" / "previews").iterdir()) == ["step-000001.png",
                                                                                  "step-000002.png"]
+
+
+def test_stage1_previews_show_its_tokens_and_change_nothing(tiny_sd1, sd1, dataset, tmp_path):
+    def config(every: int) -> ContrastiveConfig:
+        return ContrastiveConfig(holdout=0.0, preview_steps=2,
+                                 loop=LoopConfig(steps=2, batch_size=2, log_every=0, preview_every=every))
+
+    plain = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "plain", config(0), QUIET)
+    previewed = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "previewed", config(1), QUIET)
+    assert previewed.train.history == plain.train.history
+    for x, y in zip(plain.concepts.concepts, previewed.concepts.concepts):
+        assert torch.equal(x.embeddings["clip_l"], y.embeddings["clip_l"])
+    previews = tmp_path / "previewed" / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == ["step-000001.png", "step-000002.png"]
+    with Image.open(previews / "step-000002.png") as grid:
+        assert grid.width == 48 + 3 * 66 + 2
+
+    # the preview settings do not change what is trained: a resumed run may change them
+    more = ContrastiveConfig(holdout=0.0, preview_steps=0, loop=LoopConfig(steps=3, batch_size=2, log_every=0))
+    resumed = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "previewed", more, QUIET)
+    assert resumed.train.resumed_from == 2 and len(resumed.train.history) == 3
