@@ -120,7 +120,8 @@ def _optional_loop_inputs(preview_every: int, checkpoint_every: int) -> list:
         io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
                      tooltip="seed of the data order and noise"),
         io.Int.Input("preview_every", default=preview_every, min=0, max=1_000_000, optional=True,
-                     tooltip="steps between previews (0: none)"),
+                     tooltip="steps between leakage previews: each concept alone and all together from one "
+                     "seed, drawn with the model as trained so far (Train Concepts: in stage 2; 0: none)"),
         io.Int.Input("checkpoint_every", default=checkpoint_every, min=1, max=1_000_000, optional=True,
                      tooltip="steps between resumable checkpoints in the run folder"),
     ]

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.workflow_tools import (  # noqa: E402
-    CONCEPT_FILE, WORKFLOWS_DIR, ensure_concept_file, Group, Node, Workflow, build_ui_workflow, default_base_model, default_vision,
-    lower_steps, prepare_server,
+    CONCEPT_FILE, ISOLATED_FILES, SHIPPED_CONCEPT_FILES, WORKFLOWS_DIR, ensure_concept_files, Group, Node, Workflow,
+    build_ui_workflow, default_base_model, default_vision, lower_steps, prepare_server,
 )
 
 PAIR = "a photo of <ada> on the left and <ida> on the right"
@@ -101,6 +101,32 @@ def training_workflow(load: Node, vision: str) -> Workflow:
     ])
 
 
+def isolation_workflow(load: Node) -> Workflow:
+    files = [Node(f"{name}_file", "CLIFLoadConceptFile", f"Concept file: {name} alone", {"concept_file": file})
+             for name, file in zip(("ada", "ida"), ISOLATED_FILES)]
+    return Workflow("clif_6_isolated_concepts", note="Each character's LoRA only in its own half: CLIF Apply "
+                    "Concepts (Regional) binds ada's file to the left region and ida's to the right (their LoRAs "
+                    "as ComfyUI hooks on that region's masked conditioning, their tokens only in that region's "
+                    "prompt), for the stock KSampler with the plain MODEL. Needs one concept file per character: "
+                    "train each alone (workflow 1 with one concept) and save them as sandbox_ada / sandbox_ida.",
+                    groups=[
+        Group("1. Model and one concept file per character", [load, *files]),
+        Group("2. Regional prompts, each concept isolated to its region", [
+            Node("regional", "CLIFApplyConceptsRegional", "Apply concepts (regional): ada left, ida right",
+                 {"global_prompt": "a photo of two figures side by side", "layout": "left_right",
+                  "region_prompts": "a photo of <ada>\na photo of <ida>", "region_1": 1, "region_2": 2},
+                 {"clip": ("base", "CLIP"), "concepts_1": ("ada_file", "concepts"),
+                  "concepts_2": ("ida_file", "concepts")}),
+            Node("neg", "CLIPTextEncode", "Negative prompt", {"text": NEGATIVE}, {"clip": ("base", "CLIP")}),
+            Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
+                 {"width": 64, "height": 64, "batch_size": 2}, {"vae": ("base", "VAE")}),
+        ], "#2a6f3a"),
+        Group("3. Native sampling (MODEL without the concept files)",
+              stock_sampler("clif/isolated_concepts", "s", "KSampler", ("base", "MODEL"), 7, "regional", "neg",
+                            "latent", ("base", "VAE"), "Save image"), "#6f4a2a"),
+    ])
+
+
 def workflows(base: str, vision: str) -> list[Workflow]:
     load = Node("base", "CLIFLoadBaseModel", "Base model (sandbox)", {"base_model": base})
     concepts = Node("concepts", "CLIFLoadConceptFile", "Concept file: ada + ida",
@@ -149,6 +175,7 @@ def workflows(base: str, vision: str) -> list[Workflow]:
                                                       ("apply", "MODEL"), 7, "pos", "neg", "latent",
                                                       ("base", "VAE"), "Save image"), "#6f4a2a"),
         ]),
+        isolation_workflow(load),
         Workflow("clif_4_erase_a_concept", note="All-but-One erasure of 'circle', steered to 'square'; the same "
                  "seeds render before (base MODEL) and after (patched MODEL).", groups=[
             Group("1. Erase", [
@@ -249,15 +276,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
         prepare_server(server, Path(tmp) / "models-src")
         info = server.object_info()
-        if args.no_run or (args.only and "clif_1_train_two_concepts" not in args.only):
-            ensure_concept_file(server, default_base_model(info))
-            info = server.object_info()
         base, vision = default_base_model(info), default_vision(info)
         skipped = []
         for wf in workflows(base, vision):
             if args.only and wf.name not in args.only:
                 continue
-            info = server.object_info()  # the concept file the training workflow wrote is an option now
+            named = sorted({n.widgets["concept_file"] for g in wf.groups for n in g.nodes
+                            if n.type == "CLIFLoadConceptFile"} & set(SHIPPED_CONCEPT_FILES))
+            if named:  # written by the training workflow when it ran first, else synthetic stand-ins
+                ensure_concept_files(server, base, files=named)
+            info = server.object_info()  # the concept files are options now
             missing = sorted({n.type for g in wf.groups for n in g.nodes} - set(info))
             if missing:
                 skipped.append(f"{wf.name} (needs {', '.join(missing)})")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.workflow_tools import REPO_ROOT, WORKFLOWS_DIR, default_base_model, ensure_concept_file, prepare_server
+from tests.workflow_tools import REPO_ROOT, WORKFLOWS_DIR, default_base_model, ensure_concept_files, prepare_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 NODE_MODULES = REPO_ROOT / ".cache" / "browser-test" / "node_modules"
@@ -108,7 +108,7 @@ def test_workflows_in_the_browser(browser_tools, comfy_server, tmp_path):
 
     began = time.monotonic()
     prepare_server(comfy_server, tmp_path / "models")
-    ensure_concept_file(comfy_server, default_base_model(comfy_server.object_info()))  # unless training ran
+    ensure_concept_files(comfy_server, default_base_model(comfy_server.object_info()))  # unless training ran
     # A returning user: no first-visit template browser over the canvas (the missing-node warning stays on).
     comfy_server._request("POST", "/settings/Comfy.TutorialCompleted", True)
     # Screenshots of whole graphs are zoomed out: keep node text drawn there (the editor hides it below 8 px).

@@ -69,6 +69,11 @@ def test_train_concepts_graph_writes_a_concept_file(comfy_server, installed, tin
     cf = load_concept_file(run / "stage2" / "concepts.safetensors", base=load_base_model(tiny_sd1.single_file))
     assert [c.token for c in cf.concepts] == ["<alice>", "<bob>"] and cf.unet_lora
     assert cf.metadata["stage1"]["paired_encoder"] == "clip_l"
+    # stage 2's leakage preview (each concept alone, both together), drawn in the server with the trained model
+    assert sorted(p.name for p in (run / "stage2" / "previews").iterdir()) == ["step-000002.png"]
+    with Image.open(run / "stage2" / "previews" / "step-000002.png") as im:
+        assert im.width == 48 + 3 * 66 + 2  # three 64 px cells and the row label
+    assert cf.thumbnail is not None
     report = entry["outputs"]["2"]["text"][0]
     assert str(run / "stage2" / "concepts.safetensors") in report and "concept_cosine" in report
     [plot] = comfy_server.output_files(entry)

@@ -131,8 +131,8 @@ def test_stage2_options_on_a_v_prediction_model_with_prior_preservation_and_chec
     result = train_decoder(base, dataset, tmp_path / "run", config, reporter=reporter, generate=generate)
     assert asked == ["a photo of person"]  # one class word shared by both concepts, generated once
     assert (tmp_path / "run" / "class_images").is_dir()
-    assert [s for s, _ in previews] == [2, 4]  # rendered by the pipeline with the LoRA being trained
-    assert all(p.size == (64, 64) for _, p in previews)  # the pipeline's default size for the tiny model
+    assert [s for s, _ in previews] == [2, 4]  # leakage grids drawn with the LoRA being trained (test_train_leakage)
+    assert all(p.width == 48 + 3 * 66 + 2 for _, p in previews)  # 3 cells at the tiny model's native 64 px
     cf = load_concept_file(result.path, base=base)
     assert cf.base_prediction_type == "v_prediction" and cf.thumbnail is not None
     assert result.metrics["prediction_type"] == "v_prediction"

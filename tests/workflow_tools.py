@@ -13,7 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -216,6 +216,10 @@ def lower_steps(api_prompt: dict, steps: int = 2, minimums: Optional[dict[str, i
 
 CONCEPT_FILE = "sandbox_ada_ida.safetensors"
 """The concept file the training workflow saves and the sampling workflows load (models/clif_concepts/)."""
+ISOLATED_FILES = ("sandbox_ada.safetensors", "sandbox_ida.safetensors")
+"""One-concept files the isolation workflow binds to the left and the right region (each concept trained alone)."""
+SHIPPED_CONCEPT_FILES = {CONCEPT_FILE: ("ada", "ida"), ISOLATED_FILES[0]: ("ada",), ISOLATED_FILES[1]: ("ida",)}
+"""The concept files shipped workflows load, with the concepts each holds."""
 TINY_BASE = "checkpoints/clif_tiny_sd1.safetensors"
 """Stand-in default base model while the sandbox model is not listed by CLIF Load Base Model."""
 TINY_VISION = "clif_tiny_sd1_vision/"
@@ -251,7 +255,8 @@ def prepare_server(server, scratch: Path, need_base: Optional[str] = None) -> li
     - the tiny stand-in base model (and its vision tower) when a workflow names it (`need_base`, default: when the live list lacks the
       sandbox model);
     The concept file the sampling workflows load comes from the training workflow (run first: names sort);
-    `ensure_concept_file` stands in for it when a sampling workflow runs alone.
+    `ensure_concept_files` stands in for it (and for the isolation workflow's files) when a sampling workflow runs
+    alone.
     """
     added = []
     bundled_examples().install_examples(str(server.input_dir))
@@ -275,12 +280,33 @@ def prepare_server(server, scratch: Path, need_base: Optional[str] = None) -> li
     return added
 
 
-def ensure_concept_file(server, base_choice: str, added: Optional[list] = None) -> Path:
-    """models/clif_concepts/<CONCEPT_FILE>, or when no training run wrote it, a synthetic one for the base model
-    (random tokens and LoRA: it exercises the graph, not the quality)."""
-    target = server.models_dir / "clif_concepts" / CONCEPT_FILE
-    if target.exists():
-        return target
+def ensure_concept_files(server, base_choice: str, added: Optional[list] = None,
+                         files: Sequence[str] = tuple(SHIPPED_CONCEPT_FILES)) -> list[Path]:
+    """models/clif_concepts/<file> for each of `files` (names from SHIPPED_CONCEPT_FILES); one that no training
+    run wrote is made synthetic for the base model (random tokens and LoRA, a seed per file: it exercises the
+    graph, not the quality)."""
+    targets = [server.models_dir / "clif_concepts" / f for f in files]
+    missing = [t for t in targets if not t.exists()]
+    if not missing:
+        return targets
+    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.models.loader import load_base_model
+    from tests.test_concept_file import make_concept_file
+
+    kind, name = base_choice.split("/", 1)
+    source = server.models_dir / kind / name
+    if not source.exists():  # the bundled sandbox model lives in the pack
+        from clif_core.models.bundled import SANDBOX_MODEL
+
+        source = SANDBOX_MODEL
+    base = load_base_model(str(source))
+    for target in missing:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        seed = list(SHIPPED_CONCEPT_FILES).index(target.name)
+        save_concept_file(make_concept_file(base, seed=seed, names=SHIPPED_CONCEPT_FILES[target.name]), target)
+        if added is not None:
+            added.append(f"synthetic concept file {target.name}")
+    return targets
     from clif_core.concepts.file_format import save_concept_file
     from clif_core.models.loader import load_base_model
     from tests.test_concept_file import make_concept_file

@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -183,18 +183,22 @@ def sample(
     concepts: ConceptsArg = (),
     reporter: Reporter = SILENT,
     previewer: Optional[Previewer] = None,
+    applied_tokens: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> SampleResult:
     """Generate `config.batch` images with `concepts` (concept files and erasure patches, each optionally with a
     strength) applied to `base` for this run only; the base is restored afterwards, also on errors and cancel.
 
     Placeholders ("<alice>") are resolved to their vector tokens; one that no given file defines is a ClifError.
-    `previewer` turns latents into a preview image when `config.preview_every` > 0 (default: the VAE).
+    `applied_tokens` (placeholder → vector tokens) names concept tokens the caller has already put on `base`
+    (a training run's tokens, `AppliedConcepts.tokens`): their placeholders resolve too, nothing is applied for
+    them. `previewer` turns latents into a preview image when `config.preview_every` > 0 (default: the VAE).
     """
     config.check()
     uses = as_uses(concepts)
     width, height = image_size(base, config)
     recipe = _build_recipe(base, config, uses, width, height)
-    tokens = {c.token: vector_tokens(c.token, c.vectors) for u in uses for c in u.file.concepts}
+    tokens = {t: list(v) for t, v in (applied_tokens or {}).items()}
+    tokens.update({c.token: vector_tokens(c.token, c.vectors) for u in uses for c in u.file.concepts})
     prompt = _expanded(config.prompt, tokens, "prompt")
     negative = _expanded(config.negative_prompt, tokens, "negative prompt")
     region_prompts = [_expanded(r.prompt, tokens, f"region {i} prompt") for i, r in enumerate(config.regions, 1)]

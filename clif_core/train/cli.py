@@ -40,7 +40,10 @@ def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, prefixes: tup
     p.add_argument("--checkpoint-every", type=cli_int(1, 1_000_000), default=100)
     p.add_argument("--keep-checkpoints", type=cli_int(1, 1000), default=2)
     p.add_argument("--preview-every", type=cli_int(0, 1_000_000), default=0,
-                   help="save a preview every N steps (0: never)")
+                   help="every N steps a leakage preview into RUN/previews: each concept alone and all together "
+                   "from one seed, drawn with the model as trained so far (0: never)")
+    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20,
+                   help="sampling steps of the previews and of stage 2's thumbnail (0: none)")
     p.add_argument("--log-every", type=cli_int(0, 1_000_000), default=25)
 
 
@@ -70,8 +73,6 @@ def _stage2_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--prior-weight", type=cli_float(0, 10), default=0.0, help="prior preservation weight (0: off)")
     p.add_argument("--prior-images", type=cli_int(1, 1000), default=8, help="class images per class word")
     p.add_argument("--class-dir", help="class images as CLASS_DIR/<class word>/*.png (missing ones are generated)")
-    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20,
-                   help="sampling steps of previews/thumbnail (0: none)")
     p.add_argument("--preview-prompt", default="", help="default: the dataset's first Mix caption")
 
 
@@ -124,7 +125,7 @@ def _stage1_config(args: argparse.Namespace, lr: float, loop: Any):
     return ContrastiveConfig(
         vectors=args.vectors, lr=lr, text_lora_rank=args.text_lora_rank, text_lora_alpha=args.text_lora_alpha,
         text_lora_lr=args.text_lora_lr, learnable_temperature=args.learnable_temperature, holdout=args.holdout,
-        loop=loop,
+        preview_steps=args.preview_steps, loop=loop,
     )
 
 

@@ -31,6 +31,7 @@ from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
 from . import data
+from .leakage import LeakagePreview, leakage_prompts
 from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .run_folder import RunFolder
 from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
@@ -60,6 +61,7 @@ class ContrastiveConfig:
     learnable_temperature: bool = False
     temperature_lr: float = 1e-3
     holdout: float = 0.1  # fraction of composition groups held out for the retrieval metric
+    preview_steps: int = 20  # sampling steps of the leakage previews (leakage.py); 0: the loss curve instead
     loop: LoopConfig = field(default_factory=_default_loop)
 
     def check(self) -> None:
@@ -67,7 +69,7 @@ class ContrastiveConfig:
         check_finite_fields(self, "stage 1 setting")
         if self.vectors < 1:
             raise ClifError(f"vectors per concept is {self.vectors}; it must be at least 1")
-        for name in ("lr", "text_lora_lr", "temperature_lr"):
+        for name in ("lr", "text_lora_lr", "temperature_lr", "preview_steps"):
             if getattr(self, name) < 0:
                 raise ClifError(f"stage 1 setting {name} is {getattr(self, name)}; it cannot be negative")
         if self.text_lora_rank < 0:
@@ -149,9 +151,10 @@ class ContrastiveTask:
     """The loop's view of stage 1."""
 
     def __init__(self, ds: Any, train_idx: list[int], features: torch.Tensor, captions: list[str],
-                 tokens: ConceptTokens, text: TextSide, config: ContrastiveConfig, lora: dict[str, torch.nn.Parameter]):
+                 tokens: ConceptTokens, text: TextSide, config: ContrastiveConfig, lora: dict[str, torch.nn.Parameter],
+                 leakage: LeakagePreview):
         self.ds, self.train_idx, self.features, self.captions = ds, train_idx, features, captions
-        self.tokens, self.text, self.config, self.lora = tokens, text, config, lora
+        self.tokens, self.text, self.config, self.lora, self.leakage = tokens, text, config, lora, leakage
 
     def param_groups(self) -> list[ParamGroup]:
         c = self.config
@@ -180,8 +183,9 @@ class ContrastiveTask:
         image, captions = batch
         return info_nce(image, self.text(captions), captions, self.text.scale())
 
-    def preview(self) -> None:
-        return None  # the loop shows the loss curve
+    def preview(self) -> Optional[Any]:
+        """The leakage grid with the tokens as trained so far and the base UNet, or None (the loss curve)."""
+        return self.leakage.grid() if self.config.preview_steps else None
 
 
 @torch.no_grad()
@@ -284,7 +288,10 @@ def train_contrastive(
             lora = _add_text_lora(slot.encoder, config) if config.text_lora_rank else {}
             logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
             text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
-            task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora)
+            leakage = LeakagePreview(
+                base, leakage_prompts(ds.records, [c.token for c in init.concepts]), tokens.applied.tokens,
+                [base.unet, *(s.encoder for s in base.text)], config.preview_steps, config.loop.seed)
+            task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora, leakage)
             before = _evaluate(task, held, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")
             after = _evaluate(task, held, accelerator.autocast)

@@ -30,7 +30,8 @@ from clif_core.validation import check_finite_fields
 
 from . import data
 from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
-from .prior import CLASS_PROMPT, class_images, make_pipeline
+from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
+from .prior import CLASS_PROMPT, class_images
 from .run_folder import RunFolder
 from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
 from .text import unet_conditioning
@@ -63,8 +64,8 @@ class DecoderConfig:
     prior_weight: float = 0.0  # 0: no prior preservation
     prior_images: int = 8  # per class word
     prior_generation_steps: int = 25
-    preview_prompt: str = ""  # "": the first Mix caption of the dataset (or the first caption)
-    preview_steps: int = 20  # 0: no rendered previews and no thumbnail
+    preview_prompt: str = ""  # the previews' "together" prompt; "": a caption of the dataset with every concept
+    preview_steps: int = 20  # 0: no rendered previews (the loss curve instead) and no thumbnail
     loop: LoopConfig = field(default_factory=_default_loop)
 
     def check(self) -> None:
@@ -139,11 +140,13 @@ class DecoderTask:
     """The loop's view of stage 2."""
 
     def __init__(self, base: Any, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
-                 train: Latents, prior: Optional[Latents], preview_prompt: str):
+                 train: Latents, prior: Optional[Latents], previews: Sequence[PreviewPrompt]):
         from diffusers import DDPMScheduler
 
         self.base, self.tokens, self.lora, self.config = base, tokens, lora, config
-        self.train, self.prior, self.preview_prompt = train, prior, preview_prompt
+        self.train, self.prior = train, prior
+        self.leakage = LeakagePreview(base, previews, tokens.applied.tokens, self.modules(), config.preview_steps,
+                                      config.loop.seed)
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.prediction_type = base.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
@@ -218,11 +221,8 @@ class DecoderTask:
             return float(self.loss(self.load_batch(range(min(count, self.num_samples())))))
 
     def preview(self) -> Optional[Any]:
-        if not self.config.preview_steps:
-            return None
-        pipe = make_pipeline(self.base)
-        return pipe(self.preview_prompt, num_inference_steps=self.config.preview_steps, guidance_scale=7.5,
-                    generator=torch.Generator("cpu").manual_seed(self.config.loop.seed), output_type="pil").images[0]
+        """The leakage grid (see leakage.py), or None (the loop then shows the loss curve)."""
+        return self.leakage.grid() if self.config.preview_steps else None
 
 
 def _check_init(init: ConceptFile, dataset_tokens: Sequence[str], where: str) -> None:
@@ -316,22 +316,20 @@ def train_decoder(
                                     encoded.weights, encoded.size)
             prior = _prior_latents(base, prior_images, encoded) if prior_images else None
             lora = _add_unet_lora(base.unet, config)
-            preview_prompt = config.preview_prompt or next(
-                (r.caption for r in ds.records if r.kind == "M"), ds.records[0].caption)
-            task = DecoderTask(base, tokens, lora, config, train_latents, prior, preview_prompt)
+            previews = leakage_prompts(ds.records, [c[1] for c in concepts], config.preview_prompt)
+            task = DecoderTask(base, tokens, lora, config, train_latents, prior, previews)
             before = task.fixed_loss(config.loop.seed, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
             after = task.fixed_loss(config.loop.seed, accelerator.autocast)
             thumbnail = None
-            if config.preview_steps and accelerator.is_main_process:
-                with torch.no_grad(), accelerator.autocast():
-                    thumbnail = make_thumbnail(task.preview())
+            if config.preview_steps and accelerator.is_main_process:  # the last column: all concepts together
+                thumbnail = make_thumbnail(task.leakage.render(previews[-1:])[0])
             unet_lora = lora_from_peft(base.unet, UNET_PREFIX, ADAPTER)
             entries = tokens.entries()
         finally:
             tokens.remove()
         metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
-                   "prediction_type": task.prediction_type, "preview_prompt": preview_prompt}
+                   "prediction_type": task.prediction_type, "preview_prompts": [p.prompt for p in previews]}
         notes = []
         if init is not None and init.metadata.get("stage1", {}).get("note"):
             notes.append(init.metadata["stage1"]["note"])

@@ -1,10 +1,7 @@
-"""Images made by the base model itself: class images for prior preservation, and training previews.
+"""Images made by the base model itself: class images for prior preservation.
 
 Class images are drawn by the pack's sampler (`clif_core.sample.sampler.make_generate`) before any concept
-is applied, and cached like augmentation's common-concept pictures. Previews while training go through a
-stock diffusers pipeline over the base model's current components, so they show the concept tokens and
-the LoRA being trained; its prompt keeps the plain placeholders ("<alice>"), which diffusers pipelines
-expand to the multi-vector tokens themselves.
+is applied, and cached like augmentation's common-concept pictures. (Previews while training: leakage.py.)
 """
 
 from __future__ import annotations
@@ -18,25 +15,6 @@ from clif_core.progress import SILENT, Reporter
 CLASS_PROMPT = PROMPT_TEMPLATE  # "a photo of {word}": the caption class images are trained with
 
 GenerateFn = Callable[[str, int, int], list]
-
-
-def make_pipeline(base: Any) -> Any:
-    """A diffusers text-to-image pipeline over `base`'s components (shared, not copied)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if base.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=base.vae, text_encoder=base.text[0].encoder, text_encoder_2=base.text[1].encoder,
-            tokenizer=base.text[0].tokenizer, tokenizer_2=base.text[1].tokenizer, unet=base.unet,
-            scheduler=base.scheduler,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=base.vae, text_encoder=base.text[0].encoder, tokenizer=base.text[0].tokenizer, unet=base.unet,
-            scheduler=base.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def class_images(

@@ -7,9 +7,9 @@
     RUN/<the stage's outputs>    written atomically at the end
 
 Running again into the same folder resumes from the latest checkpoint when the recipe matches; settings
-that do not change what is computed (the number of steps, how often to checkpoint, preview or log) may
-differ. Anything else is refused with the differing settings named, so a changed setting never silently
-continues an old run.
+that do not change what is trained (the number of steps, how often to checkpoint, preview or log, what the
+previews show) may differ. Anything else is refused with the differing settings named, so a changed setting
+never silently continues an old run.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from .checkpoint import list_checkpoints
 
 FORMAT = "clif.train-run"
 VERSION = 1
-RESUMABLE = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"})
-"""Loop settings that may change between a run and its resumption (leaf names, at any depth)."""
+RESUMABLE = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every",
+                       "preview_steps", "preview_prompt"})
+"""Settings that may change between a run and its resumption (leaf names, at any depth): none changes what is
+trained (the previews' settings change the previews and stage 2's thumbnail only)."""
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
