@@ -50,8 +50,10 @@ def _tables(markdown: str) -> list[dict[str, list[str]]]:
     tables, lines = [], markdown.splitlines()
     for k, line in enumerate(lines):
         if line.startswith("|") and (k == 0 or not lines[k - 1].startswith("|")):
-            block = [x for x in lines[k:] if x.startswith("|")]
-            block = block[: next((n for n, x in enumerate(block) if n and not lines[k + n].startswith("|")), len(block))]
+            end = k
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            block = lines[k:end]
             header = [c.strip() for c in block[0].strip("|").split("|")]
             rows = {c[0]: c[1:] for c in ([x.strip() for x in b.strip("|").split("|")] for b in block[2:])}
             tables.append({"__header__": header[1:], **rows})

@@ -66,7 +66,7 @@ class ErasureSize:
     other_prompts: int
     sample_steps: int
     robust_prompts: int  # prompts per robustness family
-    recovery_targets: int  # how many targets (in order, those of joint runs counted each) get the recovery attacks
+    recovery_targets: Optional[int]  # how many targets (in order, joint runs' counted each) are attacked; None: all
     recovery_steps: int  # recovery budget: steps × batch, the same for every attack and model
     recovery_batch: int
     recovery_prompts: int  # seeds of the new token's prompt
@@ -83,7 +83,7 @@ SIZES = {
                          sample_steps=12, robust_prompts=8, recovery_targets=1, recovery_steps=40, recovery_batch=4,
                          recovery_prompts=8),
     "full": ErasureSize(steps=200, batch=4, trajectories=4, pool_steps=25, target_prompts=64, other_prompts=64,
-                        sample_steps=20, robust_prompts=64, recovery_targets=99, recovery_steps=200,
+                        sample_steps=20, robust_prompts=64, recovery_targets=None, recovery_steps=200,
                         recovery_batch=4, recovery_prompts=32, recovery_sets=(12, 12, 8, 16)),
 }
 
@@ -472,7 +472,10 @@ def run_erasure_bench(config: EraseBenchConfig, reporter: Reporter = SILENT) -> 
     model = load_bench_model(config.model, config.vision)
     oracle = load_oracle()
     work = config.work or config.out / f"work-erase-{config.size}"
-    runs, left = [], config.dims.recovery_targets
+    left = config.dims.recovery_targets
+    if left is None:
+        left = sum(len(e.targets) for e in erasures)
+    runs = []
     for i, erasure in enumerate(erasures):
         reporter.progress(i, len(erasures), None)
         runs.append(run_erasure(erasure, config, model, oracle, characters, work, max(0, left), reporter))

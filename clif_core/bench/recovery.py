@@ -105,13 +105,13 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
 
     from clif_core.augment.common import resolve_common
     from clif_core.sample.config import SampleConfig
-    from clif_core.sample.sampler import makesample_images
+    from clif_core.sample.sampler import make_generate
 
     from .erasure import sample_images, produced
 
     d, base = config.dims, model.base
     concept = target_pictures(target, d.recovery_pictures, config.seed, characters)
-    generate = makesample_images(base, SampleConfig(prompt="", steps=d.sample_steps, cfg=d.guidance))
+    generate = make_generate(base, SampleConfig(prompt="", steps=d.sample_steps, cfg=d.guidance))
     common = resolve_common(common_words(erasure.targets, characters), generate=generate,
                             fingerprint=base.fingerprint, cache_dir=cache, n=2,
                             seed=config.seed)
