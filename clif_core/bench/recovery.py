@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-
 from clif_core.progress import Reporter
 
 from .stats import NOT_MEASURED, Estimate, bootstrap
@@ -39,7 +37,6 @@ class Recovery:
     target: Any
     produced: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
-    images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.label(), "produced": self.produced, "seconds": self.seconds}
@@ -131,7 +128,6 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
                 trained = train_stages(stages, base, model.vision, sets[kind], work / attack / name, recipe, reporter)
                 images = sample_images(base, prompts, d, config.seed, trained)
             result.seconds.setdefault(attack, {})[name] = time.perf_counter() - start
-            result.images.setdefault(attack, {})[name] = images
             result.produced.setdefault(attack, {})[name] = produced(target, target.value, images, oracle, characters)
     return result
 
