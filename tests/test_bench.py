@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from clif_core.bench import efficacy, erasure
-from clif_core.bench.stats import bootstrap
+from clif_core.bench import efficacy, erasure, recovery, robustness
+from clif_core.bench.stats import bootstrap, bootstrap_runs
 from clif_core.cli import build_parser, main
 from clif_core.errors import ClifError
 from clif_core.sandbox.oracle import DEFAULT_WEIGHTS
@@ -44,14 +45,23 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "model": root / "model" / "diffusers", "vision": root / "model" / "vision", "spec": spec}
 
 
+def _tables(markdown: str) -> list[dict[str, list[str]]]:
+    """Every markdown table of a report: row label → cells, with the column titles under "__header__"."""
+    tables, lines = [], markdown.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("|") and (k == 0 or not lines[k - 1].startswith("|")):
+            end = k
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            block = lines[k:end]
+            header = [c.strip() for c in block[0].strip("|").split("|")]
+            rows = {c[0]: c[1:] for c in ([x.strip() for x in b.strip("|").split("|")] for b in block[2:])}
+            tables.append({"__header__": header[1:], **rows})
+    return tables
+
+
 def _table_rows(markdown: str) -> dict[str, list[str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return {"__header__": header[1:], **rows}
+    return _tables(markdown)[0]
 
 
 def test_efficacy_smoke_table_has_every_method_and_metric(setup: dict[str, Path]) -> None:
@@ -72,29 +82,118 @@ def test_efficacy_smoke_table_has_every_method_and_metric(setup: dict[str, Path]
     assert set(record["table"]) == set(efficacy.METHODS)
 
 
-def test_erase_smoke_table_has_every_method_and_metric(setup: dict[str, Path]) -> None:
+def test_erase_smoke_tables_have_every_method_metric_family_and_attack(setup: dict[str, Path]) -> None:
     out = setup["root"] / "erase"
     config = erasure.EraseBenchConfig(out=out, size="test", spec=setup["spec"], model=setup["model"],
-                                      targets="shape:circle->square,colour:red,character:zed")
+                                      vision=setup["vision"],
+                                      targets="shape:circle->square,colour:red,character:zed,colour:red+character:zed")
     paths = erasure.run_erasure_bench(config)
-    rows = _table_rows(paths["table"].read_text(encoding="utf-8"))
-    assert rows.pop("__header__") == [title for _, title in erasure.METRICS]
+    text = paths["table"].read_text(encoding="utf-8")
+    main_rows, family_rows, recovery_rows = _tables(text)
+    assert main_rows.pop("__header__") == [title for _, title in erasure.METRICS]
     models = ("original", *erasure.METHODS)
-    labels = ["shape circle -> square", "colour red", "character zed"]
-    assert sorted(rows) == sorted(f"{t}: {erasure.METHOD_TITLES[m]}" for t in labels for m in models)
+    labels = ["shape circle -> square", "colour red", "character zed", "colour red [2 in one run]",
+              "character zed [2 in one run]"]
+    assert sorted(main_rows) == sorted(f"{t}: {erasure.METHOD_TITLES[m]}" for t in labels for m in models)
     keys = [k for k, _ in erasure.METRICS]
-    for name, cells in rows.items():
+    for name, cells in main_rows.items():
         for key, cell in zip(keys, cells):
             applies = not (key == "alternative" and not name.startswith("shape")) and not (
-                key.startswith("drift") and name.endswith(erasure.METHOD_TITLES["original"]))
+                "drift" in key and name.endswith(erasure.METHOD_TITLES["original"]))
             assert (cell.count("[") == 1) == applies, (name, key, cell)
+    # robustness (a): every family for every target and model, except attributes-without-name for a shape or
+    # a colour (the world has no words for them besides their names)
+    assert family_rows.pop("__header__")[1:] == [title for _, title in robustness.FAMILIES]
+    assert sorted(family_rows) == sorted(main_rows)
+    for name, cells in family_rows.items():
+        unnamed_applies = name.startswith("character")
+        assert all(c.count("[") == 1 for c in cells[:3]), (name, cells)
+        assert (cells[3].count("[") == 1) == unnamed_applies, (name, cells)
+    # robustness (b): the first target (the size's recovery_targets 1) under both attacks; textual inversion
+    # also on the original model, CLIF training on the erased models only
+    assert recovery_rows.pop("__header__") == [erasure.METHOD_TITLES[m] for m in models]
+    assert sorted(recovery_rows) == sorted(f"shape circle -> square: {t}" for _, t in recovery.ATTACKS)
+    assert all(c.count("[") == 1 for c in recovery_rows["shape circle -> square: textual inversion"])
+    clif_row = recovery_rows["shape circle -> square: CLIF training (stage 1 + 2)"]
+    assert clif_row[0] == "n/a" and all(c.count("[") == 1 for c in clif_row[1:])
+    assert "Model fingerprint: `" in text and "Wall time:" in text and "Command: `" in text
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    joint = record["runs"][3]
+    assert [t["value"] for t in joint["targets"]] == ["red", "zed"]
+    for method in erasure.METHODS:  # one erasure run per method for the two joint targets, scored per target
+        assert (config.work or out / "work-erase-test").joinpath("colour-red+character-zed", f"{method}.safetensors").is_file()
+        per_target = joint["scores"][method]
+        assert len(per_target) == 2 and per_target[0]["other_attributes"] == per_target[1]["other_attributes"]
+        assert len(per_target[0]["uncond_drift_pixels"]) == erasure.SIZES["test"].other_prompts
     assert paths["grid"].is_file() and paths["grid"].stat().st_size > 0
+
+
+def test_prompt_families_reach_the_target_another_way() -> None:
+    from clif_core.sandbox.characters import load_characters
+    from clif_core.sandbox.scene import caption
+
+    characters = load_characters()
+    circle, ada = erasure.Target("shape", "circle"), erasure.Target("character", "ada")
+    description = characters["ada"].description
+    reordered = robustness.family_prompts(circle, "reordered", 4, [circle], characters)
+    assert all("circle" in p for p in reordered)
+    base = [caption(s, background=False) for s in erasure.target_scenes(circle, 4, characters)]
+    assert all(p != b and sorted(p.replace(",", "").split()) == sorted(b.split()) for p, b in zip(reordered, base))
+    two = robustness.family_prompts(circle, "two_objects", 4, [circle], characters)
+    assert all(p.count(" on the ") == 2 and p.count("circle") == 1 for p in two)
+    assert two[0].split(" on the ")[0].endswith("circle") and not two[1].split(" on the ")[0].endswith("circle")
+    assert robustness.family_prompts(circle, "unnamed", 4, [circle], characters) == []
+    unnamed = robustness.family_prompts(ada, "unnamed", 3, [ada], characters)
+    assert unnamed == [description.removeprefix("a figure with ")] * 3 and "figure" not in unnamed[0]
+    [flipped] = robustness.family_prompts(ada, "reordered", 1, [ada], characters)
+    parts = description.removeprefix("a figure with ").replace(" and ", ", ").split(", ")
+    assert flipped == "a figure with " + ", ".join(parts[::-1][:-1]) + " and " + parts[0]
+
+
+def test_recovery_pictures_show_the_target() -> None:
+    from clif_core.sandbox.characters import load_characters
+    from clif_core.sandbox.oracle import Oracle
+
+    characters = load_characters()
+    oracle = Oracle.load()
+    for target in (erasure.Target("shape", "star"), erasure.Target("colour", "green"),
+                   erasure.Target("character", "ada")):
+        concept = recovery.target_pictures(target, 5, 0, characters)
+        assert len(concept.images) == 5 and concept.token == recovery.TOKEN
+        images = np.stack([np.asarray(im) for im in concept.images])
+        assert np.mean(erasure.produced(target, target.value, images, oracle, characters)) >= 0.8, target
+    words = recovery.common_words([erasure.Target("shape", "circle"), erasure.Target("colour", "red")], characters)
+    assert len(words) == 2 and not any("circle" in w or "red" in w for w in words)
+
+
+def test_efficacy_core_methods_train_with_every_training_seed(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "efficacy-seeds"
+    config = efficacy.EfficacyConfig(out=out, size="test", spec=setup["spec"], model=setup["model"],
+                                     vision=setup["vision"], methods=("textual-inversion", "decoder-plain"),
+                                     train_seeds=2, work=setup["root"] / "efficacy-seeds-work")
+    paths = efficacy.run_efficacy(config)
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert record["training_runs"] == {"textual-inversion": 1, "decoder-plain": 2}
+    scores = record["pairs"][0]["scores"]
+    assert len(scores["textual-inversion"]) == 1 and len(scores["decoder-plain"]) == 2
+    pair_dir = config.work / "pairs" / "zed-yuk"
+    for k in range(2):  # each training run has its own folder and its own seed
+        recipe = json.loads((efficacy.run_dir_of(pair_dir, "decoder-plain", k) / "run.json").read_text())
+        assert recipe["recipe"]["config"]["loop"]["seed"] == k
+    assert not efficacy.run_dir_of(pair_dir, "textual-inversion", 1).exists()
+    assert "Training runs per pair: 2" in paths["table"].read_text(encoding="utf-8")
 
 
 def test_cli_options_and_bad_input() -> None:
     args = build_parser().parse_args(["bench", "efficacy", "--size", "full", "--pairs", "ada/ida,bo/bea",
                                       "--seeds", "16", "--out", "x", "--spec", "s.json"])
-    assert args.size == "full" and args.pairs == "ada/ida,bo/bea" and args.seeds == 16
+    assert args.size == "full" and args.pairs == "ada/ida,bo/bea" and args.seeds == 16 and args.train_seeds == 0
+    assert build_parser().parse_args(["bench", "efficacy", "--train-seeds", "3"]).train_seeds == 3
+    assert efficacy.EfficacyConfig(out=Path("x"), size="full").runs_of("clif") == 3
+    assert efficacy.EfficacyConfig(out=Path("x"), size="smoke").runs_of("clif") == 1
+    assert efficacy.EfficacyConfig(out=Path("x"), size="full").runs_of("clif-no-mix") == 1
+    with pytest.raises(ClifError, match="train_seeds"):
+        efficacy.EfficacyConfig(out=Path("x"), train_seeds=-1).check()
     args = build_parser().parse_args(["bench", "erase", "--targets", "colour:red"])
     assert args.targets == "colour:red" and args.size == "smoke"
     from clif_core.bench.setup import parse_pairs
@@ -105,6 +204,18 @@ def test_cli_options_and_bad_input() -> None:
         parse_pairs("ada-ida")
     with pytest.raises(ClifError, match="not a shape"):
         erasure.parse_targets("shape:blob", load_characters())
+    runs = erasure.parse_targets(erasure.DEFAULT_TARGETS, load_characters())
+    assert [len(r.targets) for r in runs] == [1, 1, 1, 3]
+    assert runs[3].targets == tuple(t for r in runs[:3] for t in r.targets)  # the same three, erased at once
+    with pytest.raises(ClifError, match="twice"):
+        erasure.parse_targets("colour:red+colour:red", load_characters())
+    assert erasure.parse_budget("40x4") == (40, 4) and erasure.parse_budget("") == (0, 0)
+    with pytest.raises(ClifError, match="STEPSxBATCH"):
+        erasure.parse_budget("40")
+    args = build_parser().parse_args(["bench", "erase", "--recovery-budget", "10x2", "--recovery-targets", "0"])
+    assert args.recovery_budget == "10x2" and args.recovery_targets == 0
+    dims = erasure.EraseBenchConfig(out=Path("x"), recovery_steps=10, recovery_batch=2, recovery_targets=0).dims
+    assert (dims.recovery_steps, dims.recovery_batch, dims.recovery_targets) == (10, 2, 0)
 
 
 def test_bootstrap_interval() -> None:
@@ -112,3 +223,18 @@ def test_bootstrap_interval() -> None:
     assert est.mean == 0.5 and est.lo < 0.5 < est.hi and est.n == 100
     assert bootstrap([float("nan")]).format() == "n/a"
     assert bootstrap([1.0, 1.0, float("nan")]).format() == "1.00 [1.00, 1.00]"
+
+
+def test_two_level_bootstrap_covers_run_to_run_variation() -> None:
+    # two training runs that disagree completely, many images each: the image-level bootstrap over the pooled
+    # images is narrow, the run-level one spans (almost) both runs' means
+    runs = [[0.0] * 50, [1.0] * 50]
+    pooled = bootstrap([v for run in runs for v in run])
+    nested = bootstrap_runs([runs])
+    assert nested.mean == pooled.mean == 0.5 and nested.n == 100
+    assert nested.hi - nested.lo > 0.9 and pooled.hi - pooled.lo < 0.3
+    # one run per stratum: only images are resampled, strata are kept (each pair contributes its own run)
+    single = bootstrap_runs([[[0.0, 1.0] * 25], [[1.0] * 50]])
+    assert single.mean == 0.75 and 0.6 < single.lo < 0.75 < single.hi < 0.9
+    assert bootstrap_runs([[[float("nan")]], []]).format() == "n/a"
+    assert bootstrap_runs([[[1.0, float("nan")], [float("nan")]]]).format() == "1.00 [1.00, 1.00]"

@@ -34,13 +34,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common(eff, "seeds per prompt (0: the size's: smoke 4, full 16)")
     eff.add_argument("--pairs", default="", help="confusable pairs, e.g. ada/ida,bo/bea (default: the spec's first "
                                                  "2 (smoke) or 4 (full) pairs)")
+    eff.add_argument("--train-seeds", type=int, default=0,
+                     help="training runs (seeds) per pair of the core comparison: decoder-only on plain pictures and "
+                          "on the augmented set, CLIF full (0: the size's: smoke 1, full 3); the others train once")
     eff.set_defaults(func=_efficacy)
 
-    er = sub.add_parser("erase", help="All-but-One vs ESD on a shape, a colour and a character")
+    er = sub.add_parser("erase", help="All-but-One vs ESD on a shape, a colour, a character and the three in one run")
     common(er, "target and other prompts per target, one seed each (0: the size's: smoke 16, full 64)")
-    er.add_argument("--targets", default="shape:circle->square,colour:red,character:",
+    er.add_argument("--targets", default=None,
                     help="kind:value[->alternative], kinds shape, colour, character (an empty character: the "
-                         "spec's first paired one)")
+                         "spec's first paired one); '+' joins targets erased in one run (default: "
+                         "shape:circle->square,colour:red,character:,shape:circle->square+colour:red+character:)")
+    er.add_argument("--recovery-budget", default="",
+                    help="STEPSxBATCH of every recovery attack (textual inversion, CLIF training), e.g. 40x4 "
+                         "(default: the size's: smoke 40x4, full 200x4)")
+    er.add_argument("--recovery-targets", type=int, default=-1,
+                    help="how many targets, in order, get the recovery attacks (default: the size's: smoke 1, "
+                         "full all; 0: none)")
     er.set_defaults(func=_erase)
     return p
 
@@ -67,17 +77,21 @@ def _efficacy(args: argparse.Namespace) -> int:
 
     command = _prepare(args)
     config = EfficacyConfig(out=args.out, size=args.size, spec=args.spec, pairs=parse_pairs(args.pairs) or None,
-                            seeds=args.seeds, model=args.model, vision=args.vision, work=args.work, seed=args.seed,
-                            command=command)
+                            seeds=args.seeds, train_seeds=args.train_seeds, model=args.model, vision=args.vision,
+                            work=args.work, seed=args.seed, command=command)
     return _print(run_efficacy(config, tqdm_reporter("efficacy benchmark")))
 
 
 def _erase(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
 
-    from .erasure import EraseBenchConfig, run_erasure_bench
+    from .erasure import DEFAULT_TARGETS, EraseBenchConfig, parse_budget, run_erasure_bench
 
     command = _prepare(args)
-    config = EraseBenchConfig(out=args.out, size=args.size, spec=args.spec, targets=args.targets, seeds=args.seeds,
-                              model=args.model, vision=args.vision, work=args.work, seed=args.seed, command=command)
+    steps, batch = parse_budget(args.recovery_budget)
+    config = EraseBenchConfig(out=args.out, size=args.size, spec=args.spec, targets=args.targets or DEFAULT_TARGETS,
+                              seeds=args.seeds,
+                              model=args.model, vision=args.vision, work=args.work, seed=args.seed,
+                              recovery_steps=steps, recovery_batch=batch, recovery_targets=args.recovery_targets,
+                              command=command)
     return _print(run_erasure_bench(config, tqdm_reporter("erasure benchmark")))

@@ -7,7 +7,9 @@ intervals over all images of all pairs. The character spec and the pair list are
 runs on characters the oracle and the base model never saw by name.
 
 Equal budget: every method takes the same number of optimizer steps at the same batch size; CLIF's stage 1
-and stage 2 steps count together (stage 1 gets `stage1_share` of them).
+and stage 2 steps count together (stage 1 gets `stage1_share` of them). The core comparison (CORE_METHODS)
+is trained with `train_seeds` training seeds per pair and its intervals come from a two-level bootstrap over
+training runs and images; the other methods are trained once.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 
-from .stats import Estimate, bootstrap
+from .stats import Estimate, bootstrap_runs
+from .training import Rates, Recipe, build_sets, sandbox_templates, train_stages
 
 METHODS = ("textual-inversion", "decoder-plain", "decoder-augmented", "clif", "clif-no-global", "clif-no-region",
            "clif-no-mix")
+CORE_METHODS = ("decoder-plain", "decoder-augmented", "clif")  # trained with every training seed
 METHOD_TITLES = {
     "textual-inversion": "textual inversion only (tokens, plain pictures)",
     "decoder-plain": "decoder-only, plain pictures (LoRA + tokens)",
@@ -70,6 +74,7 @@ class EfficacySize:
     common_images: int = 2
     common_steps: int = 12
     images: int = 5  # training pictures per character
+    train_seeds: int = 1  # training runs per pair of each core method (CORE_METHODS)
 
 
 SIZES = {
@@ -77,9 +82,9 @@ SIZES = {
     "test": EfficacySize(pairs=1, budget_steps=4, batch=2, seeds=2, sample_steps=2, n_global=2, n_region=2, n_mix=2,
                          n_single=2, n_plain=4, common_images=1, common_steps=2),
     "smoke": EfficacySize(pairs=2, budget_steps=40, batch=8, seeds=4, sample_steps=12, n_global=8, n_region=8,
-                          n_mix=8, n_single=4, n_plain=10),
+                          n_mix=8, n_single=4, n_plain=10, train_seeds=1),
     "full": EfficacySize(pairs=4, budget_steps=300, batch=8, seeds=16, sample_steps=20, n_global=24, n_region=24,
-                         n_mix=16, n_single=8, n_plain=20),
+                         n_mix=16, n_single=8, n_plain=20, train_seeds=3),
 }
 
 
@@ -90,16 +95,13 @@ class EfficacyConfig:
     spec: Optional[Path] = None  # character spec file (default: the shipped one)
     pairs: Optional[list[tuple[str, str]]] = None  # default: the spec's first `size.pairs` pairs
     seeds: int = 0  # 0: the size's
+    train_seeds: int = 0  # training runs of each core method per pair (0: the size's: smoke 1, full 3)
     model: Optional[Path] = None  # diffusers folder (default: the bundled sandbox model)
     vision: Optional[Path] = None
     work: Optional[Path] = None  # run folders, data sets, caches (default: OUT/work-efficacy-SIZE)
     methods: tuple[str, ...] = METHODS
     seed: int = 0
-    stage1_share: float = 0.25
-    lr: float = 1e-3  # UNet LoRA
-    token_lr: float = 1e-3  # concept tokens in stage 2
-    ti_token_lr: float = 5e-3  # concept tokens when they are all that trains (textual inversion)
-    stage1_lr: float = 5e-3
+    rates: Rates = Rates()  # learning rates and CLIF's stage split
     cfg: float = 4.0
     common_words: tuple[str, ...] = ("red circle", "blue square")
     command: str = ""  # the command line, for the report
@@ -115,15 +117,21 @@ class EfficacyConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ClifError(f"unknown method(s) {bad}; choose among {', '.join(METHODS)}")
-        if not 0 < self.stage1_share < 1:
-            raise ClifError(f"stage1_share {self.stage1_share} must be between 0 and 1 (CLIF runs both stages)")
         if self.seeds < 0:
             raise ClifError(f"seeds is {self.seeds}; use a positive number (0: the size's {dims.seeds})")
+        if self.train_seeds < 0:
+            raise ClifError(f"train_seeds is {self.train_seeds}; use a positive number (0: the size's "
+                            f"{dims.train_seeds})")
+        self.recipe(0).check()
 
-    def stage_steps(self) -> tuple[int, int]:
-        total = self.dims.budget_steps
-        first = min(total - 1, max(1, round(total * self.stage1_share)))
-        return first, total - first
+    def runs_of(self, method: str) -> int:
+        """Training runs per pair of `method`: every training seed for a core method, one for the others."""
+        return (self.train_seeds or self.dims.train_seeds) if method in CORE_METHODS else 1
+
+    def recipe(self, run: int) -> Recipe:
+        """The training recipe of training run `run` (its seed is `seed + run`)."""
+        d = self.dims
+        return Recipe(steps=d.budget_steps, batch=d.batch, seed=self.seed + run, rates=self.rates)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -154,15 +162,6 @@ def pair_prompts(a: str, b: str, templates: Any, common_word: str) -> list[Promp
         Prompt("common", two(tok(b), common), {"left": b}),
     ]
 
-
-def sandbox_templates() -> Any:
-    """Captions in the sandbox world's own words ("X on the left and Y on the right"), which the base model
-    was pretrained on, instead of the augmenter's "a photo of ..." default."""
-    from clif_core.augment.compose import CaptionTemplates
-
-    return CaptionTemplates(pair_left_right="{first} on the left and {second} on the right",
-                            pair_top_bottom="{first} at the top and {second} at the bottom", single="{first}",
-                            common="a {word}")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -214,72 +213,19 @@ def score_image(reading: Any, prompt: Prompt, characters: Any) -> dict[str, floa
 
 @dataclass
 class PairRun:
-    """What one pair produced: per method, per prompt, the images and their scores."""
+    """What one pair produced: per method, per training run, per prompt, the scores; the first run's images."""
 
     pair: tuple[str, str]
     prompts: list[Prompt]
     pictures: list  # training pictures, a's then b's
-    images: dict[str, list[list[Any]]] = field(default_factory=dict)  # method → per prompt → PIL images
-    scores: dict[str, list[list[dict]]] = field(default_factory=dict)  # method → per prompt → per image
-    seconds: dict[str, float] = field(default_factory=dict)  # method → training seconds
+    images: dict[str, list[list[Any]]] = field(default_factory=dict)  # method → per prompt → PIL images (run 0)
+    scores: dict[str, list[list[list[dict]]]] = field(default_factory=dict)  # method → run → prompt → image
+    seconds: dict[str, float] = field(default_factory=dict)  # method → training seconds, all its runs
 
 
-def _datasets(config: EfficacyConfig, work: Path, concepts: list, common: list, needed: set[str],
-              reporter: Reporter) -> dict[str, Path]:
-    from clif_core.augment.compose import AugmentConfig
-    from clif_core.augment.dataset import build_dataset
-    from clif_core.augment.fallback import FallbackSegmenter
-
-    d = config.dims
-    full = AugmentConfig(resolution=64, n_global=d.n_global, n_region=d.n_region, n_mix=d.n_mix,
-                         n_single=d.n_single, n_parts=3, templates=sandbox_templates(), seed=config.seed)
-    variants = {
-        "plain": replace(full, n_global=0, n_region=0, n_mix=0, n_single=d.n_plain),
-        "augmented": full,
-        "no-global": replace(full, n_global=0),
-        "no-region": replace(full, n_region=0),
-        "no-mix": replace(full, n_mix=0),
-    }
-    out = {}
-    for name in sorted(needed):
-        out[name] = build_dataset(concepts, work / "datasets" / name, variants[name], FallbackSegmenter(),
-                                  common=common if name != "plain" else (), reporter=SILENT, overwrite=True,
-                                  reuse=True)
-    return out
-
-
-def train_method(method: str, base: Any, vision: Path, dataset: Path, run_dir: Path, config: EfficacyConfig,
-                 reporter: Reporter = SILENT) -> Any:
-    """Train one method at the run's budget; returns its concept file."""
-    from clif_core.train.contrastive import ContrastiveConfig
-    from clif_core.train.decoder import DecoderConfig, train_decoder
-    from clif_core.train.loop import LoopConfig
-    from clif_core.train.stages import train_concepts
-
-    d = config.dims
-    _, stages = _PLAN[method]
-
-    def loop(steps: int) -> LoopConfig:
-        return LoopConfig(steps=steps, batch_size=d.batch, seed=config.seed, checkpoint_every=max(steps, 1),
-                          log_every=max(steps, 1))
-
-    if stages == "clif":
-        s1, s2 = config.stage_steps()
-        result = train_concepts(base, dataset, vision, run_dir,
-                                ContrastiveConfig(lr=config.stage1_lr, loop=loop(s1)),
-                                DecoderConfig(lr=config.lr, token_lr=config.token_lr, preview_steps=0, loop=loop(s2)),
-                                reporter=reporter)
-    elif stages == "tokens":
-        # Textual inversion: the decoder stage with the LoRA's learning rate 0. peft starts LoRA B at zero, so
-        # the LoRA adds exactly nothing and only the token rows learn (same steps, same batch, same compute).
-        result = train_decoder(base, dataset, run_dir,
-                               DecoderConfig(lr=0.0, token_lr=config.ti_token_lr, preview_steps=0,
-                                             loop=loop(d.budget_steps)), reporter=reporter)
-    else:
-        result = train_decoder(base, dataset, run_dir,
-                               DecoderConfig(lr=config.lr, token_lr=config.token_lr, preview_steps=0,
-                                             loop=loop(d.budget_steps)), reporter=reporter)
-    return result.concepts
+def run_dir_of(pair_dir: Path, method: str, run: int) -> Path:
+    """Training run `run` of `method` (run 0 keeps the folder name of single-seed benchmarks, so they resume)."""
+    return pair_dir / "runs" / (method if run == 0 else f"{method}-seed{run}")
 
 
 def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: Any, characters: Any, work: Path,
@@ -298,32 +244,40 @@ def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: 
     common = resolve_common(list(config.common_words), generate=generate, fingerprint=base.fingerprint,
                             cache_dir=work.parent / "common_cache", n=d.common_images, seed=config.seed)
     pair_dir = work / f"{a}-{b}"
-    needed = {_PLAN[m][0] for m in config.methods}
-    datasets = _datasets(config, pair_dir, concepts, common, needed, reporter)
+    datasets = build_sets(concepts, pair_dir / "datasets", (d.n_global, d.n_region, d.n_mix, d.n_single), d.n_plain,
+                          config.seed, common, {_PLAN[m][0] for m in config.methods})
     prompts = pair_prompts(a, b, sandbox_templates(), config.common_words[0])
     run = PairRun(pair, prompts, [im for c in concepts for im in c.images])
     for method in config.methods:
-        reporter.log(f"{a}/{b}: training {method}")
-        start = time.perf_counter()
-        trained = train_method(method, base, model.vision, datasets[_PLAN[method][0]], pair_dir / "runs" / method,
-                               config, reporter)
-        run.seconds[method] = time.perf_counter() - start
-        reporter.log(f"{a}/{b}: sampling {method} ({len(prompts)} prompts × {seeds} seeds)")
-        run.images[method], run.scores[method] = [], []
-        for prompt in prompts:
-            images = sample(base, SampleConfig(prompt=prompt.text, seed=config.seed, batch=seeds,
-                                               steps=d.sample_steps, cfg=config.cfg), [trained]).images
-            run.images[method].append(images)
-            run.scores[method].append([score_image(r, prompt, characters) for r in oracle.read(images)])
+        run.scores[method], run.seconds[method] = [], 0.0
+        for k in range(config.runs_of(method)):
+            reporter.log(f"{a}/{b}: training {method} (training run {k + 1} of {config.runs_of(method)})")
+            start = time.perf_counter()
+            data, stages = _PLAN[method]
+            trained = train_stages(stages, base, model.vision, datasets[data], run_dir_of(pair_dir, method, k),
+                                   config.recipe(k), reporter)
+            run.seconds[method] += time.perf_counter() - start
+            reporter.log(f"{a}/{b}: sampling {method} ({len(prompts)} prompts × {seeds} seeds)")
+            per_prompt = []
+            for prompt in prompts:
+                images = sample(base, SampleConfig(prompt=prompt.text, seed=config.seed, batch=seeds,
+                                                   steps=d.sample_steps, cfg=config.cfg), [trained]).images
+                if k == 0:
+                    run.images.setdefault(method, []).append(images)
+                per_prompt.append([score_image(r, prompt, characters) for r in oracle.read(images)])
+            run.scores[method].append(per_prompt)
     return run
 
 
 def summarise(runs: Sequence[PairRun], methods: Sequence[str]) -> dict[str, dict[str, Estimate]]:
-    """Per method, per metric: the bootstrap estimate over every image of every pair and prompt."""
+    """Per method, per metric: the two-level bootstrap estimate (`bootstrap_runs`) over every image of every
+    prompt, with the pairs as strata and each pair's training runs as the runs."""
     out = {}
     for method in methods:
-        per_image = [s for run in runs for prompt_scores in run.scores[method] for s in prompt_scores]
-        out[method] = {key: bootstrap([s[key] for s in per_image]) for key, _ in METRICS}
+        out[method] = {
+            key: bootstrap_runs([[[s[key] for prompt_scores in training_run for s in prompt_scores]
+                                  for training_run in run.scores[method]] for run in runs])
+            for key, _ in METRICS}
     return out
 
 
@@ -352,10 +306,10 @@ def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[st
     reporter.progress(len(pairs), len(pairs), None)
     table = summarise(runs, config.methods)
     seconds = time.perf_counter() - started
-    return _write(config, characters, model.note, runs, table, seconds)
+    return _write(config, characters, model, runs, table, seconds)
 
 
-def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[PairRun],
+def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairRun],
            table: dict[str, dict[str, Estimate]], seconds: float) -> dict[str, Path]:
     from clif_core.fileio import write_text_atomic
 
@@ -366,7 +320,7 @@ def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[
     out.mkdir(parents=True, exist_ok=True)
     d = config.dims
     seeds = config.seeds or d.seeds
-    s1, s2 = config.stage_steps()
+    s1, s2 = config.recipe(0).stage_steps()
     first = runs[0]
     show = min(2, seeds)
     grid_rows = [("training pictures (" + " | ".join(first.pair) + ")", first.pictures)]
@@ -379,17 +333,21 @@ def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[
     lines = [
         "# Efficacy benchmark (sandbox)",
         "",
-        f"Model: {model_note}",
+        f"Model: {model.note}  ",
+        f"Model fingerprint: `{model.base.fingerprint}`",
         "",
         f"Command: `{config.command or 'clif bench efficacy'}`  ",
         f"Size: `{config.size}`: {len(runs)} pairs ({', '.join('/'.join(r.pair) for r in runs)}) from "
         f"{characters.source}, {d.images} training pictures per character, {seeds} seeds per prompt, "
-        f"{n_images} images per method, {d.sample_steps} sampling steps (Euler, CFG {config.cfg}).  ",
+        f"{n_images} images per method and training run, {d.sample_steps} sampling steps (Euler, CFG {config.cfg}).  ",
         f"Budget per method: {d.budget_steps} optimizer steps × batch {d.batch} (CLIF: {s1} stage-1 + {s2} "
         f"stage-2 steps).  ",
+        f"Training runs per pair: {config.runs_of(CORE_METHODS[0])} (training seeds {config.seed}.."
+        f"{config.seed + config.runs_of(CORE_METHODS[0]) - 1}) for {', '.join(CORE_METHODS)}; 1 for the others.  ",
         f"Wall time: {seconds / 60:.1f} min.",
         "",
-        "Each cell: mean over images [bootstrap 95% interval]; n/a where no image qualifies.",
+        "Each cell: mean over images [95% interval of a two-level bootstrap: training runs within each pair, then "
+        "images within each run]; n/a where no image qualifies.",
         "",
         markdown_table(rows, METRICS),
         "",
@@ -404,7 +362,8 @@ def _write(config: EfficacyConfig, characters: Any, model_note: str, runs: list[
         "config": {**asdict(config), "out": str(config.out), "spec": str(config.spec or characters.source),
                    "model": str(config.model or ""), "vision": str(config.vision or ""),
                    "work": str(config.work or "")},
-        "size": asdict(d), "seconds": seconds, "model": model_note,
+        "size": asdict(d), "training_runs": {m: config.runs_of(m) for m in config.methods}, "seconds": seconds, "model": model.note,
+        "fingerprint": model.base.fingerprint,
         "table": {m: {k: e.to_dict() for k, e in est.items()} for m, est in table.items()},
         "pairs": [{"pair": list(r.pair), "prompts": [p.text for p in r.prompts], "scores": r.scores,
                    "training_seconds": r.seconds} for r in runs],

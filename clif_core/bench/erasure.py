@@ -1,15 +1,20 @@
 """`clif bench erase`: All-but-One against ESD on the sandbox base model, scored by the oracle.
 
-Targets (each its own erasure run per method, all at the same budget: steps × batch, the same x_t pool
-settings and seed): an object shape with an alternative (`shape:circle->square`), a colour (`colour:red`)
-and a character (`character:ada`, erased by its caption, which names its parts). For every target:
+Targets (each erasure its own run per method, all at the same budget: steps × batch, the same x_t pool
+settings and seed): an object shape with an alternative (`shape:circle->square`), a colour (`colour:red`),
+a character (`character:ada`, erased by its caption, which names its parts), and several of them erased in
+one run (`shape:circle->square+colour:red+character:`), each scored on its own. For every target:
 
 - target prompts: held-out world scenes with the target put in (the first object's shape / colour, or the
   character in its place); "target produced" is the share of images in which the oracle sees it, and
   "alternative produced" the share showing the alternative;
 - other prompts: held-out scenes that do not contain the target; scored by the oracle against their scene
   (attribute accuracy and exact scenes) and compared with the original model's image of the same prompt
-  and seed (drift: mean absolute pixel difference in 0..255 and relative distance in oracle features).
+  and seed (drift: mean absolute pixel difference in 0..255 and relative distance in oracle features);
+- the empty prompt: the same drift on images of "" (the unconditional prediction All-but-One holds in place);
+- robustness (a): prompts that reach the target another way (`robustness.FAMILIES`), "target produced"
+  per prompt family; (b) recovery: what textual inversion of a new token, and CLIF training, on pictures of
+  the target bring back on the erased model (`recovery.py`).
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ METRICS = (
     ("other_exact", "other prompts: exact scenes ↑"),
     ("drift_pixels", "drift, pixels (0–255) ↓"),
     ("drift_features", "drift, oracle features (relative) ↓"),
+    ("uncond_drift_pixels", "empty prompt: drift, pixels ↓"),
+    ("uncond_drift_features", "empty prompt: drift, oracle features ↓"),
 )
-DEFAULT_TARGETS = "shape:circle->square,colour:red,character:"  # character: the spec's first paired character
+# character: the spec's first paired character; '+' joins targets erased together in one run
+DEFAULT_TARGETS = "shape:circle->square,colour:red,character:,shape:circle->square+colour:red+character:"
 TARGET_KINDS = ("shape", "colour", "character")
 PROMPT_SEED_BASE = 3_500_000_000  # scenes no pretraining or oracle run rendered
 
@@ -57,16 +65,26 @@ class ErasureSize:
     target_prompts: int
     other_prompts: int
     sample_steps: int
+    robust_prompts: int  # prompts per robustness family
+    recovery_targets: Optional[int]  # how many targets (in order, joint runs' counted each) are attacked; None: all
+    recovery_steps: int  # recovery budget: steps × batch, the same for every attack and model
+    recovery_batch: int
+    recovery_prompts: int  # seeds of the new token's prompt
+    recovery_sets: tuple[int, int, int, int] = (4, 4, 4, 8)  # CLIF's set: Global, Region, single; TI's plain set
+    recovery_pictures: int = 5
     guidance: float = 5.0
 
 
 SIZES = {
     "test": ErasureSize(steps=2, batch=1, trajectories=1, pool_steps=2, target_prompts=3, other_prompts=3,
-                        sample_steps=2),
+                        sample_steps=2, robust_prompts=2, recovery_targets=1, recovery_steps=2, recovery_batch=1,
+                        recovery_prompts=2, recovery_sets=(1, 1, 1, 2)),
     "smoke": ErasureSize(steps=40, batch=2, trajectories=2, pool_steps=10, target_prompts=16, other_prompts=16,
-                         sample_steps=12),
+                         sample_steps=12, robust_prompts=8, recovery_targets=1, recovery_steps=40, recovery_batch=4,
+                         recovery_prompts=8),
     "full": ErasureSize(steps=200, batch=4, trajectories=4, pool_steps=25, target_prompts=64, other_prompts=64,
-                        sample_steps=20),
+                        sample_steps=20, robust_prompts=64, recovery_targets=None, recovery_steps=200,
+                        recovery_batch=4, recovery_prompts=32, recovery_sets=(12, 12, 8, 16)),
 }
 
 
@@ -81,31 +99,59 @@ class Target:
     def label(self) -> str:
         return f"{self.kind} {self.value}" + (f" -> {self.alternative}" if self.alternative else "")
 
+    def slug(self) -> str:
+        return f"{self.kind}-{self.value}"
 
-def parse_targets(text: str, characters: Any) -> list[Target]:
-    """'shape:circle->square,colour:red,character:ada' (an empty character: the spec's first paired one)."""
+
+@dataclass(frozen=True)
+class Erasure:
+    """One erasure run: its targets, erased together and scored each on its own."""
+
+    targets: tuple[Target, ...]
+
+    def label(self) -> str:
+        return " + ".join(t.label() for t in self.targets)
+
+    def slug(self) -> str:
+        return "+".join(t.slug() for t in self.targets)
+
+    def row_label(self, target: Target) -> str:
+        """How the tables name one target of this run."""
+        return target.label() if len(self.targets) == 1 else f"{target.label()} [{len(self.targets)} in one run]"
+
+
+def parse_targets(text: str, characters: Any) -> list[Erasure]:
+    """'shape:circle->square,colour:red,character:ada,colour:red+shape:star': one erasure run per
+    comma-separated item, its targets joined by '+' (an empty character: the spec's first paired one)."""
     from clif_core.sandbox.attributes import COLOUR_NAMES, SHAPES
 
     allowed = {"shape": SHAPES, "colour": COLOUR_NAMES, "character": tuple(characters.characters)}
-    targets = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
+    erasures = []
+    for group in (g.strip() for g in text.split(",")):
+        if not group:
             continue
-        kind, colon, rest = item.partition(":")
-        if not colon or kind not in TARGET_KINDS:
-            raise ClifError(f"erase target {item!r}: write kind:value[->alternative] with kind one of "
-                            f"{', '.join(TARGET_KINDS)}, e.g. shape:circle->square")
-        value, _, alternative = (s.strip() for s in rest.partition("->"))
-        if kind == "character" and not value:
-            value = characters.pairs[0][0] if characters.pairs else next(iter(characters.characters))
-        for v in (value, alternative):
-            if v and v not in allowed[kind]:
-                raise ClifError(f"erase target {item!r}: {v!r} is not a {kind} of {characters.source if kind == 'character' else 'the sandbox world'}; "
-                                f"use one of {', '.join(allowed[kind])}")
-        targets.append(Target(kind, value, alternative or None))
-    if not targets:
+        targets = [_parse_target(item.strip(), allowed, characters) for item in group.split("+")]
+        if len({(t.kind, t.value) for t in targets}) < len(targets):
+            raise ClifError(f"erase targets {group!r} name one target twice; each target of one run once")
+        erasures.append(Erasure(tuple(targets)))
+    if not erasures:
         raise ClifError("no erase targets given; e.g. --targets shape:circle->square,colour:red,character:ada")
-    return targets
+    return erasures
+
+
+def _parse_target(item: str, allowed: dict[str, Sequence[str]], characters: Any) -> Target:
+    kind, colon, rest = item.partition(":")
+    if not colon or kind not in TARGET_KINDS:
+        raise ClifError(f"erase target {item!r}: write kind:value[->alternative] with kind one of "
+                        f"{', '.join(TARGET_KINDS)}, e.g. shape:circle->square")
+    value, _, alternative = (s.strip() for s in rest.partition("->"))
+    if kind == "character" and not value:
+        value = characters.pairs[0][0] if characters.pairs else next(iter(characters.characters))
+    for v in (value, alternative):
+        if v and v not in allowed[kind]:
+            raise ClifError(f"erase target {item!r}: {v!r} is not a {kind} of {characters.source if kind == 'character' else 'the sandbox world'}; "
+                            f"use one of {', '.join(allowed[kind])}")
+    return Target(kind, value, alternative or None)
 
 
 # ------------------------------------------------------------------------------------------------ scenes
@@ -138,6 +184,17 @@ def prompt_text(kind: str, value: str, characters: Any) -> str:
     return characters[value].description if kind == "character" else value
 
 
+def put_target(target: Target, thing: Any, characters: Any) -> Any:
+    """`thing` changed to show the target: its shape (a figure stays), its colour (a figure's body), or the
+    character in its place."""
+    if target.kind == "shape":
+        return replace(thing, shape=target.value) if thing.kind == "shape" else thing
+    if target.kind == "colour":
+        return replace(thing, colour=target.value) if thing.kind == "shape" else replace(
+            thing, body=replace(thing.body, colour=target.value))
+    return characters[target.value].figure
+
+
 def target_scenes(target: Target, n: int, characters: Any) -> list[Any]:
     """`n` held-out scenes with the target put into the first object."""
     from clif_core.sandbox.prompt_following import PROMPT_SETS
@@ -149,20 +206,13 @@ def target_scenes(target: Target, n: int, characters: Any) -> list[Any]:
     for i in range(n):
         scene = scene_for_seed(PROMPT_SEED_BASE + i, PROMPT_SETS[sets[i % len(sets)]])
         first = scene.objects[0]
-        thing = first.thing
-        if target.kind == "shape":
-            thing = replace(thing, shape=target.value) if thing.kind == "shape" else thing
-        elif target.kind == "colour":
-            thing = replace(thing, colour=target.value) if thing.kind == "shape" else replace(
-                thing, body=replace(thing.body, colour=target.value))
-        else:
-            thing = characters[target.value].figure
+        thing = put_target(target, first.thing, characters)
         scenes.append(Scene(scene.background, (Placed(thing, fit(thing, first.placement)), *scene.objects[1:])))
     return scenes
 
 
-def other_scenes(target: Target, n: int, characters: Any) -> list[Any]:
-    """`n` held-out scenes of every kind in which the target does not appear."""
+def other_scenes(targets: Sequence[Target], n: int, characters: Any) -> list[Any]:
+    """`n` held-out scenes of every kind in which none of `targets` appears."""
     from clif_core.sandbox.prompt_following import PROMPT_SETS
     from clif_core.sandbox.world import scene_for_seed
 
@@ -171,7 +221,7 @@ def other_scenes(target: Target, n: int, characters: Any) -> list[Any]:
     while len(scenes) < n:
         scene = scene_for_seed(seed, sets[seed % len(sets)])
         seed += 1
-        if not any(shows(target.kind, target.value, o.thing, characters) for o in scene.objects):
+        if not any(shows(t.kind, t.value, o.thing, characters) for o in scene.objects for t in targets):
             scenes.append(scene)
     return scenes
 
@@ -181,37 +231,59 @@ def other_scenes(target: Target, n: int, characters: Any) -> list[Any]:
 
 @dataclass
 class Images:
-    target: np.ndarray  # uint8 [N, 64, 64, 3]
+    target: list[np.ndarray]  # per target of the run: uint8 [N, 64, 64, 3]
     other: np.ndarray
+    empty: np.ndarray  # the empty prompt, one seed per image
+    families: list[dict[str, np.ndarray]]  # per target: robustness family → images (absent: does not apply)
 
 
-def score(target: Target, scenes_other: list[Any], images: Images, original: Optional[Images], oracle: Any,
-          characters: Any) -> dict[str, list[float]]:
-    """Per-image values of every metric (see the module docstring); drift only against an original."""
+def produced(target: Target, value: Optional[str], images: np.ndarray, oracle: Any, characters: Any) -> list[float]:
+    """Per image: 1 when the oracle sees `value` (of the target's kind) in some slot."""
+    if value is None or not len(images):
+        return []
+    return [float(any(shows(target.kind, value, t, characters) for t in r.slots.values())) for r in oracle.read(images)]
+
+
+def drift(before: np.ndarray, after: np.ndarray, oracle: Any) -> tuple[list[float], list[float]]:
+    """Per image pair (same prompt, same seed): mean absolute pixel difference (0..255) and the relative
+    oracle-feature distance ‖f(x) − f(x′)‖ / ‖f(x)‖."""
+    pixels = np.abs(before.astype(np.float64) - after.astype(np.float64)).mean(axis=(1, 2, 3)).tolist()
+    fa, fb = oracle.features(before), oracle.features(after)
+    return pixels, ((fa - fb).norm(dim=1) / fa.norm(dim=1).clamp(min=1e-8)).tolist()
+
+
+def score(erasure: Erasure, scenes_other: list[Any], images: Images, original: Optional[Images], oracle: Any,
+          characters: Any) -> list[dict[str, list[float]]]:
+    """Per target of the run, per-image values of every metric and robustness family (see the module
+    docstring); the other-prompt and empty-prompt metrics are the run's, the same for each of its targets.
+    Drift only against an original."""
     from clif_core.sandbox.oracle import attribute_agreement, scene_correct
 
-    nan = float("nan")
-    out: dict[str, list[float]] = {}
-    target_readings = oracle.read(images.target)
-    out["target"] = [float(any(shows(target.kind, target.value, t, characters) for t in r.slots.values()))
-                     for r in target_readings]
-    out["alternative"] = [float(any(shows(target.kind, target.alternative, t, characters) for t in r.slots.values()))
-                          if target.alternative else nan for r in target_readings]
+    from .robustness import FAMILIES
+
+    shared: dict[str, list[float]] = {}
     readings = oracle.read(images.other)
     attrs = []
     for scene, r in zip(scenes_other, readings):
         agree = {k: v for k, v in attribute_agreement(scene, r).items() if not k.startswith("detail")}
         counted = sum(v[1] for v in agree.values())
-        attrs.append(sum(v[0] for v in agree.values()) / counted if counted else nan)
-    out["other_attributes"] = attrs
-    out["other_exact"] = [float(scene_correct(s, r)) for s, r in zip(scenes_other, readings)]
+        attrs.append(sum(v[0] for v in agree.values()) / counted if counted else float("nan"))
+    shared["other_attributes"] = attrs
+    shared["other_exact"] = [float(scene_correct(s, r)) for s, r in zip(scenes_other, readings)]
     if original is None:
-        out["drift_pixels"] = out["drift_features"] = []
+        for key in ("drift_pixels", "drift_features", "uncond_drift_pixels", "uncond_drift_features"):
+            shared[key] = []
     else:
-        a, b = original.other.astype(np.float64), images.other.astype(np.float64)
-        out["drift_pixels"] = np.abs(a - b).mean(axis=(1, 2, 3)).tolist()
-        fa, fb = oracle.features(original.other), oracle.features(images.other)
-        out["drift_features"] = ((fa - fb).norm(dim=1) / fa.norm(dim=1).clamp(min=1e-8)).tolist()
+        shared["drift_pixels"], shared["drift_features"] = drift(original.other, images.other, oracle)
+        shared["uncond_drift_pixels"], shared["uncond_drift_features"] = drift(original.empty, images.empty, oracle)
+    out = []
+    for k, target in enumerate(erasure.targets):
+        values = {"target": produced(target, target.value, images.target[k], oracle, characters),
+                  "alternative": produced(target, target.alternative, images.target[k], oracle, characters), **shared}
+        for family, _ in FAMILIES:
+            values[family] = produced(target, target.value, images.families[k].get(family, images.other[:0]), oracle,
+                                      characters)
+        out.append(values)
     return out
 
 
@@ -220,12 +292,25 @@ def reference_distance(images: np.ndarray, oracle: Any) -> tuple[float, float]:
     other-prompt images of the original model (different prompts, different seeds)."""
     if len(images) < 2:
         return float("nan"), float("nan")
-    a, b = images[:-1].astype(np.float64), images[1:].astype(np.float64)
-    fa, fb = oracle.features(images[:-1]), oracle.features(images[1:])
-    return float(np.abs(a - b).mean()), float(((fa - fb).norm(dim=1) / fa.norm(dim=1).clamp(min=1e-8)).mean())
+    pixels, features = drift(images[:-1], images[1:], oracle)
+    return float(np.mean(pixels)), float(np.mean(features))
 
 
 # ------------------------------------------------------------------------------------------------ running
+
+
+def parse_budget(text: str) -> tuple[int, int]:
+    """'40x4' → (40 steps, batch 4); '' → (0, 0): the size's."""
+    if not text.strip():
+        return 0, 0
+    steps, x, batch = text.lower().partition("x")
+    try:
+        budget = int(steps), int(batch)
+    except ValueError:
+        budget = (0, 0)
+    if not x or budget[0] < 2 or budget[1] < 1:
+        raise ClifError(f"recovery budget {text!r}: write STEPSxBATCH with at least 2 steps, e.g. 40x4")
+    return budget
 
 
 @dataclass
@@ -236,10 +321,13 @@ class EraseBenchConfig:
     targets: str = DEFAULT_TARGETS
     seeds: int = 0  # 0: the size's prompt counts; else that many target and other prompts (one seed each)
     model: Optional[Path] = None
-    vision: Optional[Path] = None  # unused by erasure; accepted so both benchmarks take the same options
+    vision: Optional[Path] = None  # the vision tower CLIF's stage 1 uses in the recovery attack
     work: Optional[Path] = None
     methods: tuple[str, ...] = METHODS
     seed: int = 0
+    recovery_steps: int = 0  # recovery attacks' budget, steps × batch (0: the size's)
+    recovery_batch: int = 0
+    recovery_targets: int = -1  # how many targets get the recovery attacks (-1: the size's; 0: none)
     command: str = ""
 
     @property
@@ -247,7 +335,11 @@ class EraseBenchConfig:
         if self.size not in SIZES:
             raise ClifError(f"benchmark size {self.size!r} is unknown; use one of {', '.join(SIZES)}")
         size = SIZES[self.size]
-        return replace(size, target_prompts=self.seeds, other_prompts=self.seeds) if self.seeds else size
+        if self.seeds:
+            size = replace(size, target_prompts=self.seeds, other_prompts=self.seeds)
+        return replace(size, recovery_steps=self.recovery_steps or size.recovery_steps,
+                       recovery_batch=self.recovery_batch or size.recovery_batch,
+                       recovery_targets=size.recovery_targets if self.recovery_targets < 0 else self.recovery_targets)
 
     def check(self) -> None:
         self.dims  # noqa: B018 - validates the size
@@ -256,86 +348,114 @@ class EraseBenchConfig:
             raise ClifError(f"unknown erase method(s) {bad}; choose among {', '.join(METHODS)}")
         if self.seeds < 0:
             raise ClifError(f"seeds is {self.seeds}; use a positive number (0: the size's)")
+        if self.recovery_steps < 0 or self.recovery_batch < 0:
+            raise ClifError("the recovery budget cannot be negative (0: the size's)")
 
 
 @dataclass
-class TargetRun:
-    target: Target
+class ErasureRun:
+    erasure: Erasure
     images: dict[str, Images] = field(default_factory=dict)  # "original" and each method
-    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    scores: dict[str, list[dict[str, list[float]]]] = field(default_factory=dict)  # model → per target → metric
     seconds: dict[str, float] = field(default_factory=dict)
     reference: tuple[float, float] = (float("nan"), float("nan"))
+    recovery: list[Any] = field(default_factory=list)  # recovery.Recovery per attacked target
 
 
-def _generate(base: Any, prompts: list[str], d: ErasureSize, seed: int, patch: Any = None) -> np.ndarray:
+def sample_images(base: Any, prompts: list[str], d: ErasureSize, seed: int, patch: Any = None) -> np.ndarray:
+    """One image per prompt (image i from seed `seed + i`), with a concept file or erasure patch applied."""
     from clif_core.concepts.apply import apply_concepts
     from clif_core.sandbox.prompt_following import generate
 
+    if not prompts:
+        return np.zeros((0, 64, 64, 3), dtype=np.uint8)
     applied = apply_concepts(base, [(patch, 1.0)]) if patch is not None else None
     try:
-        return generate(base, prompts, seed=seed, steps=d.sample_steps, guidance=d.guidance)
+        texts = [applied.expand_prompt(p) for p in prompts] if applied is not None else prompts
+        return generate(base, texts, seed=seed, steps=d.sample_steps, guidance=d.guidance)
     finally:
         if applied is not None:
             applied.remove()
 
 
-def erase_target(target: Target, method: str, base: Any, characters: Any, config: EraseBenchConfig, work: Path,
-                 reporter: Reporter = SILENT) -> Any:
-    """One erasure run; returns the patch (a ConceptFile)."""
+def erase(erasure: Erasure, method: str, base: Any, characters: Any, config: EraseBenchConfig, work: Path,
+          reporter: Reporter = SILENT) -> Any:
+    """One erasure run (every target of `erasure` at once); returns the patch (a ConceptFile)."""
     from clif_core.erase.config import EraseConfig, EraseTarget
     from clif_core.erase.trainer import erase_concepts
     from clif_core.train.loop import LoopConfig
 
     d = config.dims
     name, params = _METHOD_CONFIG[method]
-    alternative = prompt_text(target.kind, target.alternative, characters) if target.alternative else None
+    targets = [EraseTarget(prompt_text(t.kind, t.value, characters),
+                           prompt_text(t.kind, t.alternative, characters) if t.alternative else None)
+               for t in erasure.targets]
     cfg = EraseConfig(
-        targets=[EraseTarget(prompt_text(target.kind, target.value, characters), alternative)], method=name,
-        params=params, trajectories=d.trajectories, sample_steps=d.pool_steps,
+        targets=targets, method=name, params=params, trajectories=d.trajectories, sample_steps=d.pool_steps,
         loop=LoopConfig(steps=d.steps, batch_size=d.batch, seed=config.seed, checkpoint_every=d.steps,
                         log_every=d.steps, preview_every=0))
-    slug = f"{target.kind}-{target.value}"
+    slug = erasure.slug()
     result = erase_concepts(base, cfg, work / slug / method, work / slug / f"{method}.safetensors",
                             reporter=reporter, overwrite=True)
     return result.patch
 
 
-def run_target(target: Target, config: EraseBenchConfig, base: Any, oracle: Any, characters: Any, work: Path,
-               reporter: Reporter) -> TargetRun:
+def run_erasure(erasure: Erasure, config: EraseBenchConfig, model: Any, oracle: Any, characters: Any, work: Path,
+                attacked: int, reporter: Reporter) -> ErasureRun:
+    """Erase with every method, sample and score; the first `attacked` targets also get the recovery attacks."""
     from clif_core.sandbox.scene import caption
 
-    d = config.dims
-    scenes_t = target_scenes(target, d.target_prompts, characters)
-    scenes_o = other_scenes(target, d.other_prompts, characters)
-    prompts_t = [caption(s, background=False) for s in scenes_t]
+    from .recovery import recover
+    from .robustness import FAMILIES, family_prompts
+
+    d, base = config.dims, model.base
+    scenes_o = other_scenes(erasure.targets, d.other_prompts, characters)
+    prompts_t = [[caption(s, background=False) for s in target_scenes(t, d.target_prompts, characters)]
+                 for t in erasure.targets]
     prompts_o = [caption(s, background=False) for s in scenes_o]
-    run = TargetRun(target)
+    prompts_f = [{f: p for f, _ in FAMILIES
+                  if (p := family_prompts(t, f, d.robust_prompts, erasure.targets, characters))}
+                 for t in erasure.targets]
+    run = ErasureRun(erasure)
 
     def images(patch: Any = None) -> Images:
-        return Images(_generate(base, prompts_t, d, config.seed, patch), _generate(base, prompts_o, d, config.seed, patch))
+        def gen(prompts: list[str]) -> np.ndarray:
+            return sample_images(base, prompts, d, config.seed, patch)
 
-    reporter.log(f"{target.label()}: sampling the original model")
+        return Images([gen(p) for p in prompts_t], gen(prompts_o), gen([""] * d.other_prompts),
+                      [{f: gen(p) for f, p in per.items()} for per in prompts_f])
+
+    reporter.log(f"{erasure.label()}: sampling the original model")
     run.images["original"] = original = images()
-    run.scores["original"] = score(target, scenes_o, original, None, oracle, characters)
+    run.scores["original"] = score(erasure, scenes_o, original, None, oracle, characters)
     run.reference = reference_distance(original.other, oracle)
+    patches = {}
     for method in config.methods:
-        reporter.log(f"{target.label()}: erasing with {method}")
+        reporter.log(f"{erasure.label()}: erasing with {method}")
         start = time.perf_counter()
-        patch = erase_target(target, method, base, characters, config, work, reporter)
+        patches[method] = erase(erasure, method, base, characters, config, work, reporter)
         run.seconds[method] = time.perf_counter() - start
-        run.images[method] = erased = images(patch)
-        run.scores[method] = score(target, scenes_o, erased, original, oracle, characters)
+        run.images[method] = erased = images(patches[method])
+        run.scores[method] = score(erasure, scenes_o, erased, original, oracle, characters)
+    for target in erasure.targets[:attacked]:
+        reporter.log(f"{erasure.row_label(target)}: recovery attacks")
+        run.recovery.append(recover(target, erasure, patches, config, model, oracle, characters,
+                                    work / erasure.slug() / "recovery" / target.slug(), work / "common_cache",
+                                    reporter))
     return run
 
 
-def summarise(runs: Sequence[TargetRun]) -> dict[str, dict[str, dict[str, Estimate]]]:
-    """target label → method → metric → estimate (drift is not measured for the original itself)."""
+def summarise(runs: Sequence[ErasureRun]) -> dict[str, dict[str, dict[str, Estimate]]]:
+    """target row label → model → metric or family → estimate (n/a where it does not apply)."""
+    from .robustness import FAMILIES
+
+    keys = [k for k, _ in METRICS] + [f for f, _ in FAMILIES]
     out: dict[str, dict[str, dict[str, Estimate]]] = {}
     for run in runs:
-        out[run.target.label()] = {
-            m: {k: bootstrap(values[k]) if values[k] else NOT_MEASURED for k, _ in METRICS}
-            for m, values in run.scores.items()
-        }
+        for i, target in enumerate(run.erasure.targets):
+            out[run.erasure.row_label(target)] = {
+                m: {k: bootstrap(values[i][k]) if values[i][k] else NOT_MEASURED for k in keys}
+                for m, values in run.scores.items()}
     return out
 
 
@@ -348,70 +468,101 @@ def run_erasure_bench(config: EraseBenchConfig, reporter: Reporter = SILENT) -> 
     config.check()
     started = time.perf_counter()
     characters = load_characters(config.spec)
-    targets = parse_targets(config.targets, characters)
+    erasures = parse_targets(config.targets, characters)
     model = load_bench_model(config.model, config.vision)
     oracle = load_oracle()
     work = config.work or config.out / f"work-erase-{config.size}"
+    left = config.dims.recovery_targets
+    if left is None:
+        left = sum(len(e.targets) for e in erasures)
     runs = []
-    for i, target in enumerate(targets):
-        reporter.progress(i, len(targets), None)
-        runs.append(run_target(target, config, model.base, oracle, characters, work, reporter))
-    reporter.progress(len(targets), len(targets), None)
-    return _write(config, characters, model.note, runs, summarise(runs), time.perf_counter() - started)
+    for i, erasure in enumerate(erasures):
+        reporter.progress(i, len(erasures), None)
+        runs.append(run_erasure(erasure, config, model, oracle, characters, work, max(0, left), reporter))
+        left -= len(erasure.targets)
+    reporter.progress(len(erasures), len(erasures), None)
+    return _write(config, characters, model, runs, summarise(runs), time.perf_counter() - started)
 
 
-def _write(config: EraseBenchConfig, characters: Any, model_note: str, runs: list[TargetRun],
+def _write(config: EraseBenchConfig, characters: Any, model: Any, runs: list[ErasureRun],
            table: dict[str, dict[str, dict[str, Estimate]]], seconds: float) -> dict[str, Path]:
     from clif_core.fileio import write_text_atomic
 
     from ..sheets import labelled_grid
+    from .recovery import ATTACKS, recovery_table
     from .report import finite_json, markdown_table, save_png
+    from .robustness import FAMILIES
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     d = config.dims
     show = min(4, d.target_prompts, d.other_prompts)
-    grid_rows = [(f"{run.target.label()}: {METHOD_TITLES[m]}", [*run.images[m].target[:show], *run.images[m].other[:show]])
+    grid_rows = [(f"{run.erasure.label()}: {METHOD_TITLES[m]}",
+                  [*run.images[m].target[0][:show], *run.images[m].other[:show], *run.images[m].empty[:show]])
                  for run in runs for m in ("original", *config.methods)]
-    columns = [f"target {i + 1}" for i in range(show)] + [f"other {i + 1}" for i in range(show)]
+    columns = ([f"target {i + 1}" for i in range(show)] + [f"other {i + 1}" for i in range(show)]
+               + [f"empty prompt {i + 1}" for i in range(show)])
     paths = {"grid": save_png(labelled_grid(grid_rows, columns, label_width=190), out / "erase.png")}
     rows = [(f"{label}: {METHOD_TITLES[m]}", est) for label, per in table.items() for m, est in per.items()]
-    refs = "; ".join(f"{r.target.label()}: {r.reference[0]:.1f} px, {r.reference[1]:.2f} features" for r in runs)
+    families = [("target", "erased words (as above)"), *FAMILIES]
+    refs = "; ".join(f"{r.erasure.label()}: {r.reference[0]:.1f} px, {r.reference[1]:.2f} features" for r in runs)
+    recovery_rows = [row for r in runs for rec in r.recovery for row in recovery_table(rec, r.erasure, config.methods)]
     lines = [
         "# Erasure benchmark (sandbox)",
         "",
-        f"Model: {model_note}",
+        f"Model: {model.note}  ",
+        f"Model fingerprint: `{model.base.fingerprint}`",
         "",
         f"Command: `{config.command or 'clif bench erase'}`  ",
-        f"Size: `{config.size}`: per target {d.target_prompts} target prompts and {d.other_prompts} other prompts "
-        f"(one seed each, the same seeds for every model), {d.sample_steps} DDIM sampling steps, CFG {d.guidance}; "
+        f"Size: `{config.size}`: per erasure run {d.target_prompts} target prompts per target and "
+        f"{d.other_prompts} other prompts and empty-prompt seeds (one seed each, the same seeds for every model), "
+        f"{d.robust_prompts} prompts per robustness family, {d.sample_steps} DDIM sampling steps, CFG {d.guidance}; "
         f"characters from {characters.source}.  ",
         f"Budget per method: {d.steps} steps × batch {d.batch} on the same x_t pool settings ({d.trajectories} "
-        f"trajectories × {d.pool_steps} DDIM steps under the target prompt, seed {config.seed}); each method's "
+        f"trajectories × {d.pool_steps} DDIM steps under each target prompt, seed {config.seed}); each method's "
         "default learning rate (docs/erasure.md).  ",
         f"Wall time: {seconds / 60:.1f} min.",
         "",
-        "Each cell: mean over images [bootstrap 95% interval]; n/a where the metric does not apply.",
+        "Each cell: mean over images [bootstrap 95% interval]; n/a where the metric does not apply. A target "
+        "marked [N in one run] was erased together with the others of its run and is scored on its own; the "
+        "other-prompt and empty-prompt columns are that run's.",
         "",
         markdown_table(rows, METRICS, first="target: model", digits=3),
         "",
         "Drift scale of unrelated images (the original model's consecutive other-prompt images, different prompts "
         f"and seeds): {refs}.",
         "",
-        "Erasure seconds: " + "; ".join(
-            f"{r.target.label()}: " + ", ".join(f"{m} {r.seconds[m]:.0f}" for m in config.methods) for r in runs) + ".",
+        "## Robustness (a): target still produced, per prompt family",
         "",
-        f"Grid (`erase.png`): per target and model, the first {show} target prompts, then the first {show} other "
-        "prompts (same seeds in every row).",
+        "Prompts that reach the target another way than the words it was erased by (docs/benchmarks.md); "
+        "lower is better for an erased model, the original model's row is the base rate.",
+        "",
+        markdown_table(rows, families, first="target: model", digits=3),
+        "",
+        "## Robustness (b): recovery, target produced by the new token",
+        "",
+        f"{d.recovery_pictures} renders of the target; each attack trains a new token on them at "
+        f"{d.recovery_steps} steps × batch {d.recovery_batch} ({', '.join(t for _, t in ATTACKS)}), on the "
+        f"original and on each erased model, then samples the token alone ({d.recovery_prompts} seeds). "
+        + ("" if recovery_rows else "No target was attacked at this size (recovery_targets 0)."),
+        "",
+        markdown_table(recovery_rows, [("original", METHOD_TITLES["original"])]
+                       + [(m, METHOD_TITLES[m]) for m in config.methods], first="target: attack", digits=3)
+        if recovery_rows else "",
+        "",
+        "Erasure seconds: " + "; ".join(
+            f"{r.erasure.label()}: " + ", ".join(f"{m} {r.seconds[m]:.0f}" for m in config.methods) for r in runs) + ".",
+        "",
+        f"Grid (`erase.png`): per erasure run and model, the first {show} target prompts (of its first target), "
+        f"the first {show} other prompts and the first {show} empty-prompt seeds (same seeds in every row).",
     ]
     paths["table"] = write_text_atomic(out / "erase.md", "\n".join(lines) + "\n")
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "size": asdict(d), "seconds": seconds, "model": model_note,
+        "size": asdict(d), "seconds": seconds, "model": model.note, "fingerprint": model.base.fingerprint,
         "table": {t: {m: {k: e.to_dict() for k, e in est.items()} for m, est in per.items()} for t, per in table.items()},
-        "runs": [{"target": asdict(r.target), "scores": r.scores, "seconds": r.seconds, "reference": r.reference}
-                 for r in runs],
+        "runs": [{"targets": [asdict(t) for t in r.erasure.targets], "scores": r.scores, "seconds": r.seconds,
+                  "reference": r.reference, "recovery": [rec.to_dict() for rec in r.recovery]} for r in runs],
     }
     paths["json"] = write_text_atomic(out / "erase.json", json.dumps(finite_json(record), indent=1) + "\n")
     return paths
-
