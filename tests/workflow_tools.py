@@ -107,7 +107,6 @@ def build_ui_workflow(wf: Workflow, object_info: dict) -> dict:
                 raise ValueError(f"{wf.name}: node type {node.type} is not installed")
             ids[node.key] = len(ids) + 1
             by_key[node.key] = node
-    outputs_links: dict[tuple[str, int], list[int]] = {}
     ui_nodes: dict[str, dict] = {}
     x = 0
     for g_index, group in enumerate(wf.groups):
@@ -307,19 +306,3 @@ def ensure_concept_files(server, base_choice: str, added: Optional[list] = None,
         if added is not None:
             added.append(f"synthetic concept file {target.name}")
     return targets
-    from clif_core.concepts.file_format import save_concept_file
-    from clif_core.models.loader import load_base_model
-    from tests.test_concept_file import make_concept_file
-
-    kind, name = base_choice.split("/", 1)
-    source = server.models_dir / kind / name
-    if not source.exists():  # the bundled sandbox model lives in the pack
-        from clif_core.models.bundled import SANDBOX_MODEL
-
-        source = SANDBOX_MODEL
-    base = load_base_model(str(source))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_concept_file(make_concept_file(base, names=("ada", "ida")), target)
-    if added is not None:
-        added.append(f"synthetic concept file {CONCEPT_FILE}")
-    return target
