@@ -27,17 +27,21 @@ _COMMAND_MODULES = (
 
 
 def tqdm_reporter(description: str = "") -> Reporter:
-    """A Reporter that draws a tqdm bar and stops cleanly on the first Ctrl-C."""
+    """A Reporter that draws a tqdm bar and stops cleanly (checkpoint, then exit) on the first Ctrl-C or
+    SIGTERM. SIGTERM matters for runs started in the background, which inherit an ignored SIGINT: `kill PID`
+    then saves the run instead of losing everything since its last periodic checkpoint."""
     from tqdm import tqdm
 
     state = {"bar": None, "stop": False}
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
-    def on_sigint(signum, frame):  # second Ctrl-C falls back to Python's default
+    def on_signal(signum, frame):  # a second signal falls back to the default (Ctrl-C raises, SIGTERM kills)
         state["stop"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signum, defaults[signum])
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_sigint)
+    for signum, default in defaults.items():
+        if signal.getsignal(signum) is default:  # leave handlers someone else installed, and ignored signals
+            signal.signal(signum, on_signal)
 
     def progress(step: int, total: int, preview=None) -> None:
         bar = state["bar"]
