@@ -6,7 +6,7 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders, file_state
+from .comfy_adapter import CONCEPTS_FOLDER, file_state, models_subdir, register_model_folders
 from .types import ConceptsType
 
 

@@ -200,7 +200,6 @@ class ApplyErasurePatch(io.ComfyNode):
         import comfy.sd
 
         from clif_core.erase.patch import check_is_patch, probe_mismatch
-
         from clif_core.validation import check_strength
 
         check_is_patch(erasure_patch, f"erasure patch {erasure_patch.display_title()!r}")
@@ -256,7 +255,7 @@ class PurifyImage(io.ComfyNode):
         base = clif_base.load()
         pils = image_to_pil(image)
         out = []
-        for i, pil in enumerate(pils):
+        for pil in pils:
             out.append(purify(base, erasure_patch, pil, prompt=prompt or None, steps=steps, strength=strength,
                               guidance_scale=guidance_scale, allow_other_base=allow_other_base,
                               reporter=reporter(2 * max(1, round(strength * steps)))))

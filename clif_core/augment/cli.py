@@ -20,7 +20,6 @@ from ..options import AUGMENT, add_option
 from ..validation import cli_int
 
 
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `augment` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
     p = subparsers.add_parser(

@@ -15,7 +15,6 @@ from clif_core.options import ERASE, add_option
 from clif_core.validation import MAX_GUIDANCE, MAX_STRENGTH, cli_float, cli_int
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("erase", allow_abbrev=False,  # "--patch" of the subcommands is no abbreviation
                             help="erase concepts (All-but-One or ESD) into an erasure patch; purify, merge")
@@ -71,6 +70,7 @@ def _erase(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
     from clif_core.errors import ClifError
     from clif_core.models.loader import load_base_model
+
     from .trainer import erase_concepts
 
     if args.base is None or args.out is None or not args.target:
@@ -109,8 +109,8 @@ def _purify(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
     from clif_core.fileio import atomic_path
     from clif_core.images import check_min_side, open_picture
-    from clif_core.validation import refuse_existing
     from clif_core.models.loader import load_base_model
+    from clif_core.validation import refuse_existing
 
     from .patch import load_erasure_patch
     from .purify import purify

@@ -16,7 +16,7 @@ and discarded afterwards. The output is an intermediate concept file: the embedd
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 

@@ -14,7 +14,7 @@ loads in `apply_concepts`, ComfyUI's Apply Concepts and its stock LoraLoader.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -30,8 +30,8 @@ from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
+from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .prior import CLASS_PROMPT, class_images
 from .run_folder import RunFolder
 from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs

@@ -321,7 +321,7 @@ def run_training(
                 scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             )
             save_checkpoint(ckpt, run.checkpoints_dir / checkpoint_name(step))
-            for old_step, path in run.checkpoints()[: -config.keep_checkpoints]:
+            for _step, path in run.checkpoints()[: -config.keep_checkpoints]:
                 path.unlink(missing_ok=True)
             write_loss_csv(history, run.loss_csv)
             save_loss_png([(label, history)], run.loss_png)
