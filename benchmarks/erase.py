@@ -29,11 +29,9 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import (  # noqa: E402
-    DEFAULT_THREADS, print_ratios, ratio, result, sandbox_folder, set_cpu_threads, write_json)
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_common import DEFAULT_THREADS, print_ratios, ratio, result, sandbox_folder, set_cpu_threads, write_json  # noqa: E402
 
 DEFAULT_RUNS = ["all-but-one:auto", "esd-x:auto", "esd:lora", "all-but-one:xattn"]
 CPU_RUNS = ["all-but-one:auto", "esd-x:auto"]

@@ -43,8 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import (  # noqa: E402
-    DEFAULT_THREADS, REPO, print_ratios, ratio, result, sandbox_folder, set_cpu_threads, write_json)
+from bench_common import DEFAULT_THREADS, REPO, print_ratios, ratio, result, sandbox_folder, set_cpu_threads, write_json  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse on the moon, detailed, studio light"
 NEGATIVE = "blurry, low quality"
@@ -154,7 +153,7 @@ def comfy_measure(checkpoint: Path, latent_side: int, args, concepts: Optional[P
            "--repeat", str(args.repeat), "--threads", str(args.threads)] + \
         (["--comfy-cpu"] if args.cpu or args.smoke else []) + (["--concepts", str(concepts)] if concepts else [])
     done = subprocess.run(cmd, env=comfy_subprocess_env(), capture_output=True, text=True, cwd=REPO)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"ComfyUI worker failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])

@@ -25,12 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import (  # noqa: E402
-    DEFAULT_THREADS, peak_rss_mib, result, run_side, sandbox_folder, set_cpu_threads, write_json)
-from train_step import CONCEPTS, Clock, compare, make_dataset, native_resolution  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_common import DEFAULT_THREADS, peak_rss_mib, result, run_side, sandbox_folder, set_cpu_threads, write_json  # noqa: E402
+from train_step import CONCEPTS, Clock, compare, make_dataset, native_resolution  # noqa: E402
 
 SCALE = 100.0  # CLIP's logit scale at its clamp; the sandbox tower carries none of its own
 

@@ -36,11 +36,19 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import (  # noqa: E402
-    DEFAULT_THREADS, peak_rss_mib, print_ratios, ratio, result, run_side, sandbox_folder, set_cpu_threads, write_json)
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_common import (  # noqa: E402
+    DEFAULT_THREADS,
+    peak_rss_mib,
+    print_ratios,
+    ratio,
+    result,
+    run_side,
+    sandbox_folder,
+    set_cpu_threads,
+    write_json,
+)
 
 from clif_core.augment.compose import AugmentConfig  # noqa: E402
 from clif_core.augment.dataset import build_dataset  # noqa: E402

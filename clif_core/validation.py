@@ -82,6 +82,7 @@ def cli_float(low: Optional[float] = None, high: Optional[float] = None) -> Call
             raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = "number"
+    parse.low, parse.high = low, high  # type: ignore[attr-defined]  # read by tests/test_options.py
     return parse
 
 
@@ -99,6 +100,7 @@ def cli_int(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[
             raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = "whole number"
+    parse.low, parse.high = low, high  # type: ignore[attr-defined]
     return parse
 
 

@@ -16,7 +16,6 @@ import torch
 CONCEPTS_FOLDER = "clif_concepts"
 ERASURE_FOLDER = "clif_erasure"  # erasure patches; older ones in clif_concepts still load
 SAMS_FOLDER = "sams"
-RUNS_FOLDER = "clif_runs"  # under ComfyUI's output/: training and erasure runs, resumable
 _MODEL_FOLDERS = {CONCEPTS_FOLDER: {".safetensors"}, ERASURE_FOLDER: {".safetensors"},
                   SAMS_FOLDER: {".pth", ".safetensors"}}
 log = logging.getLogger("clif")
@@ -44,6 +43,15 @@ def file_state(path: str) -> tuple:
     except OSError:
         return (path, None)
     return (path, stat.st_mtime_ns, stat.st_size)
+
+
+def run_dir(run_name: str, what: str = "run_name", example: str = "alice_bob") -> str:
+    """output/clif_runs/<run_name>: where a training or erasure run keeps its resumable state."""
+    import folder_paths
+
+    from clif_core.runs import named_run_dir
+
+    return named_run_dir(folder_paths.get_output_directory(), run_name, what, example)
 
 
 def models_subdir(folder_name: str) -> str:
@@ -112,25 +120,14 @@ def free_comfy_memory() -> None:
     comfy.model_management.soft_empty_cache()
 
 
-def trainable_weights(base) -> None:
-    """ComfyUI runs nodes in inference mode: a base model loaded there holds inference tensors, which
-    autograd cannot save for backward (and whose version counters it cannot read). Give every such parameter
-    and buffer an ordinary copy (same values; shared tensors stay shared) before training."""
-    import torch
+def train_with(clif_base, total: int, run):
+    """Load the base model for training and return `run(base, reporter)`, the reporter counting to `total`.
 
-    copies: dict[int, torch.Tensor] = {}
+    ComfyUI's cached models leave the device first; ComfyUI executes nodes in inference mode, so training
+    steps out of it (clif_core.runs.loaded_for_training).
+    """
+    from clif_core.runs import loaded_for_training
 
-    def ordinary(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in copies:
-            copy = t.clone()
-            copies[id(t)] = torch.nn.Parameter(copy, requires_grad=t.requires_grad) \
-                if isinstance(t, torch.nn.Parameter) else copy
-        return copies[id(t)]
-
-    with torch.inference_mode(False):
-        for component in (base.unet, base.vae, *(s.encoder for s in base.text)):
-            for module in component.modules():
-                for table in (module._parameters, module._buffers):
-                    for name, t in table.items():
-                        if t is not None and t.is_inference():
-                            table[name] = ordinary(t)
+    free_comfy_memory()
+    with loaded_for_training(clif_base.load) as base:
+        return run(base, reporter(total))

@@ -304,7 +304,7 @@ def _tokenizer_for_widths(tokenizer_cls, widths: Mapping[str, int]):
     """A factory with the signature ComfyUI calls (`embedding_directory`, `tokenizer_data`) that builds the
     family's tokenizer and sets each encoder's embedding width (ComfyUI hard-codes 768 / 1024 / 1280)."""
 
-    def make(embedding_directory=None, tokenizer_data={}):
+    def make(embedding_directory=None, tokenizer_data={}):  # noqa: B006 (ComfyUI's own signature; never mutated)
         tokenizer = tokenizer_cls(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data)
         for slot, width in widths.items():
             comfy_compat.set_embedding_width(tokenizer, slot, width)

@@ -6,7 +6,7 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import CONCEPTS_FOLDER, models_subdir, register_model_folders, file_state
+from .comfy_adapter import CONCEPTS_FOLDER, file_state, models_subdir, register_model_folders
 from .types import ConceptsType
 
 
@@ -66,7 +66,7 @@ class SaveConceptFile(io.ComfyNode):
             description="Saves concepts to models/clif_concepts/<filename>.safetensors (atomic write).",
             is_output_node=True,
             inputs=[
-                ConceptsType.Input("concepts"),
+                ConceptsType.Input("concepts", tooltip="a concept file (CLIF Load Concept File or a training node)"),
                 io.String.Input("filename", default="my_concepts",
                                 tooltip="models/clif_concepts/<filename>.safetensors"),
                 io.Boolean.Input("overwrite", default=False, tooltip="replace an existing file of that name"),
@@ -101,9 +101,9 @@ class ApplyConcepts(io.ComfyNode):
             description="Patches ComfyUI's MODEL and CLIP with a concept file (LoRA + concept tokens) so the "
             "stock KSampler renders the concepts; write the placeholder (e.g. <alice>) in CLIPTextEncode.",
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
-                ConceptsType.Input("concepts"),
+                io.Model.Input("model", tooltip="the MODEL the concepts' UNet LoRA is applied to"),
+                io.Clip.Input("clip", tooltip="the CLIP that learns the concept tokens (and gets the text LoRA)"),
+                ConceptsType.Input("concepts", tooltip="a concept file (CLIF Load Concept File or a training node)"),
                 io.Float.Input("strength_model", default=1.0, min=-4.0, max=4.0, step=0.05,
                                tooltip="strength of the concept file's UNet LoRA on the MODEL (0: off)"),
                 io.Float.Input("strength_clip", default=1.0, min=-4.0, max=4.0, step=0.05,
@@ -131,7 +131,7 @@ class ExportConcepts(io.ComfyNode):
             "CLIPTextEncode) and the LoRA to models/loras (use with the stock LoraLoader).",
             is_output_node=True,
             inputs=[
-                ConceptsType.Input("concepts"),
+                ConceptsType.Input("concepts", tooltip="a concept file (CLIF Load Concept File or a training node)"),
                 io.String.Input("name", default="my_concepts",
                                 tooltip="name of the LoRA in models/loras; each concept's embedding is "
                                 "models/embeddings/<token>"),

@@ -12,14 +12,17 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from .comfy_adapter import (CONCEPTS_FOLDER, ERASURE_FOLDER, RUNS_FOLDER, file_state, models_subdir,
-                            register_model_folders, trainable_weights)
+from .comfy_adapter import CONCEPTS_FOLDER, ERASURE_FOLDER, file_state, models_subdir, register_model_folders
 from .types import BaseModelType, ConceptsType
+from .widgets import settings, widgets
 
-METHODS = ["all-but-one", "esd-x", "esd-u", "esd"]
-PARAMS = ["auto", "lora", "kv", "xattn", "non-xattn", "full"]
+_OPTIONAL = {"learning_rate": "lr", "eta": "eta", "uncond_weight": "lam", "trajectories": "trajectories",
+             "sample_steps": "sample_steps", "resolution": "resolution", "batch_size": "loop.batch_size",
+             "seed": "loop.seed", "preview_every": "loop.preview_every"}
+"""Erase Concepts' optional inputs → EraseConfig settings (clif_core.options.ERASE)."""
 
 _KIND_CACHE: dict = {}
+_PATCH_TIP = "an erasure patch (CLIF Erase Concepts or Load Erasure Patch)"
 
 
 def _plain_name(value: str, what: str, suffix: str = "") -> str:
@@ -74,6 +77,8 @@ def _patch_path(name: str) -> str | None:
 class EraseConcepts(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        from clif_core.options import ERASE
+
         return io.Schema(
             node_id="CLIFEraseConcepts",
             display_name="CLIF Erase Concepts",
@@ -84,45 +89,20 @@ class EraseConcepts(io.ComfyNode):
             "cancel keeps the finished steps and running again resumes (output/clif_runs/<run_name>).",
             is_output_node=True,
             inputs=[
-                BaseModelType.Input("clif_base"),
+                BaseModelType.Input("clif_base", tooltip="the base model (CLIF Load Base Model)"),
                 io.String.Input("targets", multiline=True, default="van gogh\npig -> cow",
                                 tooltip="concepts to erase, one per line; 'pig -> cow' steers a concept to an "
                                 "alternative"),
                 io.String.Input("preserve", multiline=True, default="",
                                 tooltip="prompts whose images must stay as they are, one per line"),
-                io.Combo.Input("method", options=METHODS, default="all-but-one",
-                               tooltip="all-but-one moves only the erased prompt's guidance and holds the "
-                               "unconditional prediction; esd-x / esd-u: the ESD baseline on cross-attention / on "
-                               "every other weight; esd: ESD's objective"),
-                io.Combo.Input("params", options=PARAMS, default="auto",
-                               tooltip="trained weights: auto = the method's own (all-but-one: lora, esd-x: "
-                               "cross-attention, esd-u: the rest)"),
-                io.Int.Input("steps", default=400, min=1, max=100000, tooltip="training steps"),
+                *widgets(ERASE, {"method": "method", "params": "params", "steps": "loop.steps"}),
                 io.String.Input("filename", default="erased", tooltip="models/clif_erasure/<filename>.safetensors"),
                 io.String.Input("run_name", default="erase",
                                 tooltip="output/clif_runs/<run_name>: queue again to resume an interrupted run"),
                 io.Boolean.Input("restart", default=False, tooltip="start over instead of resuming the run"),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="replace a file of that name made by another run"),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6, optional=True,
-                               tooltip="0: 1e-4 for lora, 1e-5 for weight subsets"),
-                io.Float.Input("eta", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
-                               tooltip="η: scale of the alternative's guidance (All-but-One) / ESD's negative "
-                               "guidance"),
-                io.Float.Input("uncond_weight", default=1.0, min=0.0, max=100.0, step=0.05, optional=True,
-                               tooltip="λ: how strongly All-but-One holds the unconditional prediction"),
-                io.Int.Input("trajectories", default=4, min=1, max=64, optional=True,
-                             tooltip="DDIM trajectories of the frozen model per erased prompt"),
-                io.Int.Input("sample_steps", default=50, min=2, max=1000, optional=True,
-                             tooltip="DDIM steps per trajectory; every step's noisy latent goes into the training "
-                             "pool"),
-                io.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
-                             tooltip="0: the model's native size"),
-                io.Int.Input("batch_size", default=2, min=1, max=64, optional=True, tooltip="training batch size"),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True,
-                             tooltip="seed of the trajectories and the training steps"),
-                io.Int.Input("preview_every", default=50, min=0, max=100000, optional=True,
-                             tooltip="steps between preview images (0: none)"),
+                *widgets(ERASE, _OPTIONAL, optional=True),
             ],
             outputs=[
                 ConceptsType.Output(display_name="erasure_patch"),
@@ -132,37 +112,23 @@ class EraseConcepts(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clif_base, targets: str, preserve: str, method: str, params: str, steps: int, filename: str,
-                run_name: str, restart: bool, overwrite: bool, learning_rate: float = 0.0, eta: float = 1.0,
-                uncond_weight: float = 1.0, trajectories: int = 4, sample_steps: int = 50, resolution: int = 0,
-                batch_size: int = 2, seed: int = 0, preview_every: int = 50) -> io.NodeOutput:
-        import folder_paths
-        import torch
-
+    def execute(cls, clif_base, targets: str, preserve: str, filename: str, run_name: str, restart: bool,
+                overwrite: bool, **inputs) -> io.NodeOutput:
         from clif_core.erase.config import EraseConfig, parse_targets
         from clif_core.erase.trainer import erase_concepts
-        from clif_core.train.loop import LoopConfig
+        from clif_core.options import configure
 
-        from .comfy_adapter import free_comfy_memory, reporter
+        from .comfy_adapter import run_dir, train_with
 
         register_model_folders()
         path = os.path.join(models_subdir(ERASURE_FOLDER), _plain_name(filename, "filename", ".safetensors"))
-        run_dir = os.path.join(folder_paths.get_output_directory(), RUNS_FOLDER, _plain_name(run_name, "run_name"))
-        config = EraseConfig(
+        folder = run_dir(run_name, example="no_pigs")
+        config = configure(EraseConfig(
             targets=parse_targets(targets), preserve=[p.strip() for p in preserve.splitlines() if p.strip()],
-            method=method, params=params, eta=eta, lam=uncond_weight, lr=learning_rate,
-            trajectories=trajectories, sample_steps=sample_steps, resolution=resolution,
-            loop=LoopConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=100,
-                            preview_every=preview_every, log_every=25),
-        )
+        ), settings({"method": "method", "params": "params", "steps": "loop.steps", **_OPTIONAL}, inputs))
         config.check()
-        free_comfy_memory()
-        total = len(config.targets) * trajectories * sample_steps + steps
-        with torch.inference_mode(False), torch.enable_grad():
-            base = clif_base.load()
-            trainable_weights(base)
-            result = erase_concepts(base, config, run_dir, path, reporter=reporter(total), restart=restart,
-                                    overwrite=overwrite)
+        result = train_with(clif_base, config.progress_total, lambda base, rep: erase_concepts(
+            base, config, folder, path, reporter=rep, restart=restart, overwrite=overwrite))
         report = result.report()
         return io.NodeOutput(result.patch, str(result.path), report, ui={"text": [report]})
 
@@ -218,8 +184,8 @@ class ApplyErasurePatch(io.ComfyNode):
             description="Applies an erasure patch to a MODEL (ComfyUI's LoRA patching: the input MODEL is left "
             "as it is). Refuses a patch made for other weights unless 'allow_other_base' is on.",
             inputs=[
-                io.Model.Input("model"),
-                ConceptsType.Input("erasure_patch"),
+                io.Model.Input("model", tooltip="the MODEL to erase the concepts from"),
+                ConceptsType.Input("erasure_patch", tooltip=_PATCH_TIP),
                 io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
                                tooltip="strength of the patch (1: as trained, 0: off, negative: the opposite "
                                "direction)"),
@@ -234,7 +200,6 @@ class ApplyErasurePatch(io.ComfyNode):
         import comfy.sd
 
         from clif_core.erase.patch import check_is_patch, probe_mismatch
-
         from clif_core.validation import check_strength
 
         check_is_patch(erasure_patch, f"erasure patch {erasure_patch.display_title()!r}")
@@ -263,9 +228,9 @@ class PurifyImage(io.ComfyNode):
             description="Removes the erased concepts from real images: DDIM inversion with the original model, "
             "regeneration with the erased one. Keeps the layout and the image size.",
             inputs=[
-                BaseModelType.Input("clif_base"),
-                ConceptsType.Input("erasure_patch"),
-                io.Image.Input("image"),
+                BaseModelType.Input("clif_base", tooltip="the base model (CLIF Load Base Model)"),
+                ConceptsType.Input("erasure_patch", tooltip=_PATCH_TIP),
+                io.Image.Input("image", tooltip="the pictures to purify"),
                 io.String.Input("prompt", default="", tooltip="empty: the patch's erased targets"),
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="DDIM steps of the inversion and of the regeneration"),
@@ -290,7 +255,7 @@ class PurifyImage(io.ComfyNode):
         base = clif_base.load()
         pils = image_to_pil(image)
         out = []
-        for i, pil in enumerate(pils):
+        for pil in pils:
             out.append(purify(base, erasure_patch, pil, prompt=prompt or None, steps=steps, strength=strength,
                               guidance_scale=guidance_scale, allow_other_base=allow_other_base,
                               reporter=reporter(2 * max(1, round(strength * steps)))))

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from .sampling import CONCEPT_SLOTS, MAX_REGIONS, _options, _region_inputs, layout_weights, masked_conditioning
+from .sampling import CONCEPT_SLOTS, MAX_REGIONS, layout_weights, masked_conditioning, regional_inputs
 from .types import ConceptsType
 
 
 class ApplyConceptsRegional(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        _, layouts, strength = _options()
+        from clif_core.validation import MAX_STRENGTH
+
         slots = []
         for i in range(1, CONCEPT_SLOTS + 1):
             slots += [
-                ConceptsType.Input(f"concepts_{i}", optional=True),
+                ConceptsType.Input(f"concepts_{i}", optional=True,
+                                   tooltip=f"a concept file isolated to region_{i}"),
                 io.Int.Input(f"region_{i}", default=i, min=1, max=MAX_REGIONS, optional=True,
                              tooltip=f"the region concepts_{i} is isolated to (1 = the first region prompt)"),
-                io.Float.Input(f"strength_{i}", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True,
+                io.Float.Input(f"strength_{i}", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.05,
+                               optional=True,
                                tooltip=f"LoRA strength of concepts_{i} (UNet and text encoder)"),
             ]
         return io.Schema(
@@ -36,14 +39,7 @@ class ApplyConceptsRegional(io.ComfyNode):
             description="Regional conditioning for the stock KSampler with each concept file isolated to one region: "
             "its LoRA acts only through that region's masked prediction (ComfyUI LoRA hooks) and its "
             "placeholders only in that region's prompt. Give the MODEL and CLIP without the concept files applied.",
-            inputs=[
-                io.Clip.Input("clip"),
-                io.String.Input("global_prompt", multiline=True, default="",
-                                tooltip="the prompt for the whole image, without isolated placeholders"),
-                *_region_inputs(strength, layouts, layouts[0]),
-                io.Mask.Input("region_masks", optional=True, tooltip="layout 'masks': one mask per region prompt"),
-                *slots,
-            ],
+            inputs=[*regional_inputs("the prompt for the whole image, without isolated placeholders"), *slots],
             outputs=[io.Conditioning.Output(display_name="CONDITIONING")],
         )
 

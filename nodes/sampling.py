@@ -7,6 +7,7 @@ import json
 from comfy_api.v0_0_2 import io
 
 from .types import BaseModelType, ConceptsType
+from .widgets import widget
 
 CONCEPT_SLOTS = 3
 REGION_OFF = "off"
@@ -17,21 +18,15 @@ MASK_RASTER = 256
 """Side of the masks Regional Conditioning rasterises boxes at; ComfyUI resizes them to the latent."""
 
 
-def _options() -> tuple[list[str], list[str], float]:
-    from clif_core.sample.config import LAYOUTS, REGION_STRENGTH, SCHEDULERS
+def _layouts() -> list[str]:
+    from clif_core.sample.config import LAYOUTS
 
-    return list(SCHEDULERS), list(LAYOUTS) + PLACEMENTS, REGION_STRENGTH
-
-
-def _limits() -> dict[str, float]:
-    """The sampler's limits (clif_core.sample.config), so the widgets stop where the core would refuse."""
-    from clif_core.sample.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
-    from clif_core.validation import MAX_GUIDANCE, MAX_STRENGTH
-
-    return {"side": MAX_SIDE, "batch": MAX_BATCH, "steps": MAX_STEPS, "cfg": MAX_GUIDANCE, "strength": MAX_STRENGTH}
+    return list(LAYOUTS) + PLACEMENTS
 
 
-def _region_inputs(strength: float, layouts: list[str], default: str) -> list:
+def _region_inputs(layouts: list[str], default: str) -> list:
+    from clif_core.sample.config import REGION
+
     return [
         io.Combo.Input("layout", options=layouts, default=default,
                        tooltip="where the region prompts go: equal columns (left_right), rows (top_bottom), a grid, "
@@ -40,8 +35,22 @@ def _region_inputs(strength: float, layouts: list[str], default: str) -> list:
                         tooltip="one prompt per line, in layout order (left to right, top to bottom)"),
         io.String.Input("boxes", default="", tooltip="layout 'boxes': x0,y0,x1,y1 per region (fractions of width "
                         "and height), separated by ';'"),
-        io.Float.Input("region_strength", default=strength, min=0.0, max=1.0, step=0.05,
-                       tooltip="how much a region prompt replaces the global prompt inside its region"),
+        widget(REGION, "strength", "region_strength"),
+    ]
+
+
+_MASKS_TIP = "layout 'masks': one mask per region prompt"
+
+
+def regional_inputs(global_tooltip: str) -> list:
+    """The inputs of a node that builds regional conditioning for the stock KSampler from a CLIP: the global
+    prompt, the layout and its region prompts (Regional Conditioning, Apply Concepts (Regional))."""
+    layouts = _layouts()
+    return [
+        io.Clip.Input("clip", tooltip="the CLIP that encodes the prompts"),
+        io.String.Input("global_prompt", multiline=True, default="", tooltip=global_tooltip),
+        *_region_inputs(layouts, layouts[0]),
+        io.Mask.Input("region_masks", optional=True, tooltip=_MASKS_TIP),
     ]
 
 
@@ -67,9 +76,10 @@ def _comfy_previewer(base):
 class CLIFSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        schedulers, layouts, strength = _options()
-        limit = _limits()
-        strengths = [io.Float.Input(f"strength_{i}", default=1.0, min=-limit["strength"], max=limit["strength"],
+        from clif_core.sample.config import SAMPLE
+        from clif_core.validation import MAX_STRENGTH
+
+        strengths = [io.Float.Input(f"strength_{i}", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH,
                                     step=0.05,
                                     tooltip=f"LoRA strength of concepts_{i}")
                      for i in range(1, CONCEPT_SLOTS + 1)]
@@ -87,27 +97,22 @@ class CLIFSampler(io.ComfyNode):
             "regional prompts place concepts without pose or sketch images; region_N isolates a concept file to one region. The recipe output lists everything "
             "needed to reproduce the images (use CLIF Save Image to store it in the PNGs).",
             inputs=[
-                BaseModelType.Input("clif_base"),
+                BaseModelType.Input("clif_base", tooltip="the base model (CLIF Load Base Model)"),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="the prompt; concept placeholders such as <alice> are understood"),
-                io.String.Input("negative_prompt", multiline=True, default="",
-                                tooltip="what the images should not show"),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
-                             tooltip="seed of the first image; image i of the batch uses seed + i"),
-                io.Int.Input("steps", default=30, min=1, max=limit["steps"], tooltip="denoising steps"),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=limit["cfg"], step=0.1, round=0.01,
-                               tooltip="classifier-free guidance scale"),
-                io.Combo.Input("scheduler", options=schedulers, default="euler", tooltip="the noise scheduler"),
-                io.Int.Input("width", default=512, min=16, max=limit["side"], step=8,
-                             tooltip="image width in pixels"),
-                io.Int.Input("height", default=512, min=16, max=limit["side"], step=8,
-                             tooltip="image height in pixels"),
-                io.Int.Input("batch_size", default=1, min=1, max=limit["batch"], tooltip="images per run"),
+                widget(SAMPLE, "negative_prompt", multiline=True),
+                widget(SAMPLE, "seed", control_after_generate=True),
+                widget(SAMPLE, "steps"),
+                widget(SAMPLE, "cfg", round=0.01),
+                *(widget(SAMPLE, name) for name in ("scheduler", "width", "height")),
+                widget(SAMPLE, "batch", "batch_size"),
                 *strengths,
                 *bindings,
-                *_region_inputs(strength, [REGION_OFF, *layouts], REGION_OFF),
-                *[ConceptsType.Input(f"concepts_{i}", optional=True) for i in range(1, CONCEPT_SLOTS + 1)],
-                io.Mask.Input("region_masks", optional=True, tooltip="layout 'masks': one mask per region prompt"),
+                *_region_inputs([REGION_OFF, *_layouts()], REGION_OFF),
+                *[ConceptsType.Input(f"concepts_{i}", optional=True,
+                                     tooltip=f"a concept file or erasure patch applied for this run (strength_{i})")
+                  for i in range(1, CONCEPT_SLOTS + 1)],
+                io.Mask.Input("region_masks", optional=True, tooltip=_MASKS_TIP),
             ],
             outputs=[io.Image.Output(display_name="IMAGE"), io.String.Output(display_name="recipe")],
         )
@@ -139,7 +144,6 @@ class CLIFSampler(io.ComfyNode):
 class RegionalConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        _, layouts, strength = _options()
         return io.Schema(
             node_id="CLIFRegionalConditioning",
             display_name="CLIF Regional Conditioning",
@@ -148,13 +152,7 @@ class RegionalConditioning(io.ComfyNode):
             "prompt per region placed by a layout (columns, rows, grid, boxes or masks). Each region's prompt "
             "weighs region_strength inside its region, the global prompt the rest; ComfyUI blends the noise "
             "predictions by these masks. Feed a CLIP patched by CLIF Apply Concepts to use <placeholders>.",
-            inputs=[
-                io.Clip.Input("clip"),
-                io.String.Input("global_prompt", multiline=True, default="",
-                                tooltip="the prompt for the whole image; each region adds its own prompt"),
-                *_region_inputs(strength, layouts, layouts[0]),
-                io.Mask.Input("region_masks", optional=True, tooltip="layout 'masks': one mask per region prompt"),
-            ],
+            inputs=regional_inputs("the prompt for the whole image; each region adds its own prompt"),
             outputs=[io.Conditioning.Output(display_name="CONDITIONING")],
         )
 
@@ -200,7 +198,7 @@ class SaveImageWithRecipe(io.ComfyNode):
             "Each image of a batch gets its own seed in its recipe.",
             is_output_node=True,
             inputs=[
-                io.Image.Input("images"),
+                io.Image.Input("images", tooltip="the images to save"),
                 io.String.Input("recipe", force_input=True,
                                 tooltip="the CLIF Sampler's recipe output, stored in each PNG's metadata"),
                 io.String.Input("filename_prefix", default="clif/CLIF",

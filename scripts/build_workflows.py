@@ -24,8 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.workflow_tools import (  # noqa: E402
-    CONCEPT_FILE, ISOLATED_FILES, SHIPPED_CONCEPT_FILES, WORKFLOWS_DIR, ensure_concept_files, Group, Node, Workflow,
-    build_ui_workflow, default_base_model, default_vision, lower_steps, prepare_server,
+    CONCEPT_FILE,
+    ISOLATED_FILES,
+    SHIPPED_CONCEPT_FILES,
+    WORKFLOWS_DIR,
+    Group,
+    Node,
+    Workflow,
+    build_ui_workflow,
+    default_base_model,
+    default_vision,
+    ensure_concept_files,
+    lower_steps,
+    prepare_server,
 )
 
 PAIR = "a photo of <ada> on the left and <ida> on the right"

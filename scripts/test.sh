@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+.venv/bin/python -m ruff check .  # lint first: [tool.ruff] in pyproject.toml
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest -q -ra "$@"

@@ -91,3 +91,18 @@ def tiny_sd2(tmp_path_factory):
 def tiny_sdxl(tmp_path_factory):
     """TinyPaths of the tiny SDXL-shaped model (seed 0): two text encoders, text_time embeddings."""
     return _tiny("sdxl", tmp_path_factory)
+
+
+COMFY_TINY_SD1 = "checkpoints/tiny_sd1.safetensors"
+
+
+@pytest.fixture(scope="module")
+def comfy_tiny_sd1(comfy_server, tiny_sd1) -> str:
+    """The tiny SD1 checkpoint in the real ComfyUI server's models/checkpoints; its name as nodes take it."""
+    import shutil
+
+    target = comfy_server.models_dir / COMFY_TINY_SD1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        shutil.copy(tiny_sd1.single_file, target)
+    return COMFY_TINY_SD1

@@ -4,8 +4,6 @@ tests/test_bad_input.py and tests/test_filesystem_faults.py, through the nodes."
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image
 
@@ -25,12 +23,8 @@ PATCH = "bad_input_patch.safetensors"
 
 
 @pytest.fixture(scope="module")
-def installed(comfy_server, tiny_sd1, tmp_path_factory):
+def installed(comfy_server, comfy_tiny_sd1, tiny_sd1, tmp_path_factory):
     """The tiny checkpoint, a good concept file, the same file with a NaN embedding, and an erasure patch."""
-    target = comfy_server.models_dir / "checkpoints" / "tiny_sd1.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copy(tiny_sd1.single_file, target)
     base = load_base_model(tiny_sd1.single_file, device="cpu")
     concepts = comfy_server.models_dir / "clif_concepts"
     good = save_concept_file(make_concept_file(base, seed=3, text_lora=False), concepts / GOOD)

@@ -5,7 +5,6 @@ a patch of another base is refused on its node, Purify Image keeps the picture's
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -36,14 +35,10 @@ def strong_config() -> EraseConfig:
 
 
 @pytest.fixture(scope="module")
-def installed(comfy_server, tiny_sd1, tmp_path_factory):
+def installed(comfy_server, comfy_tiny_sd1, tiny_sd1, tmp_path_factory):
     """The tiny checkpoint, a strong patch made on it, and a patch made on another tiny model."""
     from clif_core.models.tiny import write_tiny_model
 
-    target = comfy_server.models_dir / "checkpoints" / "tiny_sd1.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copy(tiny_sd1.single_file, target)
     root = tmp_path_factory.mktemp("comfy_erase")
     patches = comfy_server.models_dir / "clif_erasure"
     legacy = comfy_server.models_dir / "clif_concepts"  # where patches were saved before clif_erasure existed

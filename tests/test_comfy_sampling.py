@@ -3,7 +3,6 @@ masks landing where they should in the stock KSampler's latents, and cancelling 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -29,11 +28,8 @@ CONCEPTS = "sample_alice_bob.safetensors"
 
 
 @pytest.fixture(scope="module")
-def installed(comfy_server, tiny_sd1):
+def installed(comfy_server, comfy_tiny_sd1, tiny_sd1):
     """The tiny SD1 checkpoint and a concept file for it in the server's folders; the base as the core loads it."""
-    target = comfy_server.models_dir / "checkpoints" / "tiny_sd1.safetensors"
-    if not target.exists():
-        shutil.copy(tiny_sd1.single_file, target)
     base = load_base_model(tiny_sd1.single_file, device="cpu")
     concepts = make_concept_file(base, seed=5, text_lora=False)
     save_concept_file(concepts, comfy_server.models_dir / "clif_concepts" / CONCEPTS)

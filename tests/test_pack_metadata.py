@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from PIL import Image

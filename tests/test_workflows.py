@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.workflow_tools import (
-    SHIPPED_CONCEPT_FILES, WORKFLOWS_DIR, ensure_concept_files, lower_steps, prepare_server,
+    SHIPPED_CONCEPT_FILES,
+    WORKFLOWS_DIR,
+    ensure_concept_files,
+    lower_steps,
+    prepare_server,
 )
 
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))

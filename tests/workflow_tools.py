@@ -189,7 +189,7 @@ def build_ui_workflow(wf: Workflow, object_info: dict) -> dict:
 
 def _set_order(nodes: list[dict], links: list[list]) -> None:
     """Execution order (a topological order) as the editor stores it."""
-    deps = {n["id"]: {l[1] for l in links if l[3] == n["id"]} for n in nodes}
+    deps = {n["id"]: {link[1] for link in links if link[3] == n["id"]} for n in nodes}
     done: list[int] = []
     while len(done) < len(nodes):
         ready = [i for i in deps if i not in done and deps[i] <= set(done)]

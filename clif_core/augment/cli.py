@@ -16,9 +16,8 @@ from typing import Any
 
 from ..errors import ClifError
 from ..images import MIN_SIDE
+from ..options import AUGMENT, add_option
 from ..validation import cli_int
-
-COUNT = cli_int(0, 100_000)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,18 +46,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="auto: SAM when --sam-checkpoint is given, else the weight-free fallback")
     p.add_argument("--sam-checkpoint", help="segment-anything .pth (vit_b/vit_l/vit_h, detected from the weights)")
     p.add_argument("--device", default=None, help="device for SAM (default: cuda when available)")
-    p.add_argument("--resolution", type=cli_int(32, 2048), default=512)
-    p.add_argument("--global", dest="n_global", type=COUNT, default=40, help="Global samples (concept + common)")
-    p.add_argument("--region", dest="n_region", type=COUNT, default=40, help="Region samples (part + common or part)")
-    p.add_argument("--mix", dest="n_mix", type=COUNT, default=20, help="Mix samples (two concepts)")
-    p.add_argument("--single", dest="n_single", type=COUNT, default=10, help="single-concept samples")
-    p.add_argument("--parts", dest="n_parts", type=cli_int(1, 12), default=4,
-                   help="parts per concept when no names are given")
-    p.add_argument("--layout", choices=["left_right", "top_bottom", "both"], default="left_right")
-    p.add_argument("--one-order", action="store_true", help="do not repeat each pair in the swapped slot order")
+    add_option(p, AUGMENT, "resolution", "--resolution")
+    for name, flag in (("n_global", "--global"), ("n_region", "--region"), ("n_mix", "--mix"),
+                       ("n_single", "--single"), ("n_parts", "--parts")):
+        add_option(p, AUGMENT, name, flag)
+    add_option(p, AUGMENT, "layout", "--layout")
+    add_option(p, AUGMENT, "both_orders", "--one-order", help="do not repeat each pair in the swapped slot order")
     p.add_argument("--min-side", type=cli_int(MIN_SIDE, 2048), default=MIN_SIDE,
                    help="smallest accepted picture side in pixels")
-    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
+    add_option(p, AUGMENT, "seed", "--seed")
     p.set_defaults(func=run)
     return p
 
@@ -112,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         )
     config = AugmentConfig(
         resolution=args.resolution, n_global=args.n_global, n_region=args.n_region, n_mix=args.n_mix,
-        n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=not args.one_order,
+        n_single=args.n_single, n_parts=args.n_parts, layout=args.layout, both_orders=args.both_orders,
         seed=args.seed,
     )
     build_dataset(concepts, args.out, config, _segmenter(args), common, reporter=reporter, overwrite=args.overwrite)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..concepts.spec import Concept
 from ..errors import ClifError
+from ..options import AUGMENT
 from .common import CommonConcept
 from .segment import Segmentation, mask_box
 
@@ -72,22 +73,23 @@ class AugmentConfig:
     `scale_range`: an item's size as a fraction of the largest size that fits its slot. `jitter`: how
     far (0..1 of the free space) an item may move off the slot's centre. `region_partners`: what may
     stand beside a part in Region samples: "common" (a common concept) and/or "part" (another concept's
-    part, or another part of the same concept when there is one concept).
+    part, or another part of the same concept when there is one concept). Defaults, limits and help of the
+    user-facing fields: `options.AUGMENT`.
     """
 
-    resolution: int = 512
-    n_global: int = 40
-    n_region: int = 40
-    n_mix: int = 20
-    n_single: int = 10
-    layout: str = "left_right"
-    both_orders: bool = True
+    resolution: int = AUGMENT.field("resolution")
+    n_global: int = AUGMENT.field("n_global")
+    n_region: int = AUGMENT.field("n_region")
+    n_mix: int = AUGMENT.field("n_mix")
+    n_single: int = AUGMENT.field("n_single")
+    layout: str = AUGMENT.field("layout")
+    both_orders: bool = AUGMENT.field("both_orders")
     scale_range: tuple[float, float] = (0.75, 0.95)
     jitter: float = 0.5
-    n_parts: int = 4
+    n_parts: int = AUGMENT.field("n_parts")
     region_partners: tuple[str, ...] = ("common", "part")
     templates: CaptionTemplates = field(default_factory=CaptionTemplates)
-    seed: int = 0
+    seed: int = AUGMENT.field("seed")
 
     @classmethod
     def from_ratios(

@@ -104,7 +104,7 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate
 
-    from .erasure import sample_images, produced
+    from .erasure import produced, sample_images
 
     d, base = config.dims, model.base
     concept = target_pictures(target, d.recovery_pictures, config.seed, characters)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clif_core.options import ERASE, add_option
 from clif_core.validation import MAX_GUIDANCE, MAX_STRENGTH, cli_float, cli_int
-
-from .config import METHODS, SUBSETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,24 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="run folder (default: next to --out, '<name>_run')")
     parser.add_argument("--restart", action="store_true", help="start over instead of resuming the run folder")
     parser.add_argument("--overwrite", action="store_true", help="replace --out even when another run made it")
-    parser.add_argument("--method", choices=METHODS, default="all-but-one")
-    parser.add_argument("--params", choices=SUBSETS, default="auto")
-    parser.add_argument("--steps", type=cli_int(1, 100_000), default=400)
-    parser.add_argument("--batch-size", type=cli_int(1, 64), default=2)
-    parser.add_argument("--lr", type=cli_float(0, 1), default=0.0, help="0: 1e-4 for lora, 1e-5 for weight subsets")
-    parser.add_argument("--eta", type=cli_float(0, 10), default=1.0)
-    parser.add_argument("--lam", type=cli_float(0, 100), default=1.0)
-    parser.add_argument("--negative-eta", type=cli_float(0, 10), default=0.0)
-    parser.add_argument("--preserve-weight", type=cli_float(0, 100), default=1.0)
-    parser.add_argument("--lora-rank", type=cli_int(1, 256), default=8)
-    parser.add_argument("--trajectories", type=cli_int(1, 64), default=4)
-    parser.add_argument("--sample-steps", type=cli_int(2, 1000), default=50)
-    parser.add_argument("--guidance-scale", type=cli_float(0, MAX_GUIDANCE), default=3.0)
-    parser.add_argument("--resolution", type=cli_int(0, 4096), default=0)
-    parser.add_argument("--patch-tolerance", type=cli_float(0, 0.999), default=0.01)
-    parser.add_argument("--patch-max-rank", type=cli_int(0, 4096), default=0)
-    parser.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
-    parser.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"], default="auto")
+    for name in ("method", "params", "loop.steps", "loop.batch_size", "lr", "eta", "lam", "negative_eta",
+                 "preserve_weight", "lora_rank", "trajectories", "sample_steps", "guidance_scale", "resolution",
+                 "patch_tolerance", "patch_max_rank", "loop.seed", "loop.preview_every"):
+        add_option(parser, ERASE, name, "--" + name.rsplit(".", 1)[-1].replace("_", "-"))
+    add_option(parser, ERASE, "loop.mixed_precision", "--precision", dest="precision")
     parser.add_argument("--device", help="cuda, cpu, mps (default: the best present)")
     parser.set_defaults(func=_erase)
     commands = parser.add_subparsers(dest="erase_command", required=False)
@@ -84,22 +70,12 @@ def _erase(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
     from clif_core.errors import ClifError
     from clif_core.models.loader import load_base_model
-    from clif_core.train.loop import LoopConfig
 
-    from .config import EraseConfig, parse_targets
     from .trainer import erase_concepts
 
     if args.base is None or args.out is None or not args.target:
         raise ClifError("clif erase needs --base, --out and at least one --target ('pig' or 'pig -> cow')")
-    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, mixed_precision=args.precision, seed=args.seed,
-                      checkpoint_every=100, preview_every=0, log_every=25)
-    config = EraseConfig(
-        targets=parse_targets(args.target), preserve=list(args.preserve), method=args.method, params=args.params,
-        eta=args.eta, lam=args.lam, negative_eta=args.negative_eta, preserve_weight=args.preserve_weight,
-        lr=args.lr, lora_rank=args.lora_rank, trajectories=args.trajectories, sample_steps=args.sample_steps,
-        guidance_scale=args.guidance_scale, resolution=args.resolution, patch_tolerance=args.patch_tolerance,
-        patch_max_rank=args.patch_max_rank, loop=loop,
-    )
+    config = erase_config(args)
     config.check()
     base = load_base_model(args.base, device=args.device)
     run_dir = args.run_dir or args.out.with_name(args.out.stem + "_run")
@@ -109,14 +85,32 @@ def _erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase_config(args: argparse.Namespace):
+    """The EraseConfig a parsed `clif erase` command line asks for (the loop settings it has no flag for keep
+    EraseConfig's defaults)."""
+    from dataclasses import replace
+
+    from .config import EraseConfig, parse_targets
+
+    loop = replace(EraseConfig(targets=[]).loop, steps=args.steps, batch_size=args.batch_size,
+                   mixed_precision=args.precision, seed=args.seed, preview_every=args.preview_every)
+    return EraseConfig(
+        targets=parse_targets(args.target), preserve=list(args.preserve), method=args.method, params=args.params,
+        eta=args.eta, lam=args.lam, negative_eta=args.negative_eta, preserve_weight=args.preserve_weight,
+        lr=args.lr, lora_rank=args.lora_rank, trajectories=args.trajectories, sample_steps=args.sample_steps,
+        guidance_scale=args.guidance_scale, resolution=args.resolution, patch_tolerance=args.patch_tolerance,
+        patch_max_rank=args.patch_max_rank, loop=loop,
+    )
+
+
 def _purify(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from clif_core.cli import tqdm_reporter
     from clif_core.fileio import atomic_path
     from clif_core.images import check_min_side, open_picture
-    from clif_core.validation import refuse_existing
     from clif_core.models.loader import load_base_model
+    from clif_core.validation import refuse_existing
 
     from .patch import load_erasure_patch
     from .purify import purify

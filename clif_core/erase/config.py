@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from clif_core.errors import ClifError
+from clif_core.options import ERASE, ERASE_METHODS, ERASE_SUBSETS
 from clif_core.train.loop import LoopConfig
 from clif_core.validation import check_finite_fields
 
 OBJECTIVES = ("all-but-one", "esd")
-METHODS = ("all-but-one", "esd", "esd-x", "esd-u")
+METHODS = ERASE_METHODS
 """esd-x / esd-u are ESD on its paper's two weight subsets (cross-attention / everything else)."""
-SUBSETS = ("auto", "lora", "kv", "xattn", "non-xattn", "full")
+SUBSETS = ERASE_SUBSETS
 _METHOD_SUBSET = {"all-but-one": "lora", "esd": "xattn", "esd-x": "xattn", "esd-u": "non-xattn"}
 ARROW = "->"
 
@@ -52,35 +53,32 @@ def parse_targets(lines: str | Sequence[str]) -> list[EraseTarget]:
     return targets
 
 
-def _default_loop() -> LoopConfig:
-    return LoopConfig(steps=400, batch_size=2, checkpoint_every=100, preview_every=50, log_every=25)
-
-
 @dataclass
 class EraseConfig:
     """An erasure run. `method`: all-but-one (default), esd (ESD's objective on `params`), esd-x / esd-u
     (ESD on cross-attention / on every other weight). `params`: which UNet weights train — auto (the
     method's own: lora for all-but-one), lora (peft LoRA of `lora_rank` on every attention projection), kv
     (cross-attention to_k/to_v), xattn (all cross-attention projections), non-xattn (every LoRA-carriable
-    weight outside cross-attention), full (every LoRA-carriable weight)."""
+    weight outside cross-attention), full (every LoRA-carriable weight). Defaults, limits and help:
+    `options.ERASE`."""
 
     targets: list[EraseTarget]
     preserve: list[str] = field(default_factory=list)
-    method: str = "all-but-one"
-    params: str = "auto"
-    eta: float = 1.0  # η: scale of the alternative's guidance (All-but-One) / ESD's negative guidance
-    lam: float = 1.0  # λ: weight of the unconditional hold ‖ε_θ(x_t,∅) − ε*(x_t,∅)‖² (All-but-One)
-    negative_eta: float = 0.0  # without an alternative the target guidance is −negative_eta·(ε*(c_e) − ε*(∅))
-    preserve_weight: float = 1.0  # weight of ‖ε_θ(x_t,c_p) − ε*(x_t,c_p)‖²
-    lr: float = 0.0  # 0: 1e-4 for lora, 1e-5 for the weight subsets
-    lora_rank: int = 8
-    trajectories: int = 4  # DDIM trajectories of the frozen model per erased prompt
-    sample_steps: int = 50  # DDIM steps per trajectory; every step's x_t goes into the pool
-    guidance_scale: float = 3.0  # CFG scale of the trajectories (ESD's start_guidance)
-    resolution: int = 0  # pixels; 0: the model's native size (UNet sample_size × VAE factor)
-    patch_tolerance: float = 0.01  # weight subsets: largest relative Frobenius error of the SVD factorisation
-    patch_max_rank: int = 0  # weight subsets: cap on the patch's per-module rank (0: none)
-    loop: LoopConfig = field(default_factory=_default_loop)
+    method: str = ERASE.field("method")
+    params: str = ERASE.field("params")
+    eta: float = ERASE.field("eta")  # η: scale of the alternative's guidance (All-but-One) / ESD's negative guidance
+    lam: float = ERASE.field("lam")  # λ: weight of the unconditional hold ‖ε_θ(x_t,∅) − ε*(x_t,∅)‖² (All-but-One)
+    negative_eta: float = ERASE.field("negative_eta")  # no alternative: target guidance −negative_eta·(ε*(c_e) − ε*(∅))
+    preserve_weight: float = ERASE.field("preserve_weight")  # weight of ‖ε_θ(x_t,c_p) − ε*(x_t,c_p)‖²
+    lr: float = ERASE.field("lr")  # 0: 1e-4 for lora, 1e-5 for the weight subsets
+    lora_rank: int = ERASE.field("lora_rank")
+    trajectories: int = ERASE.field("trajectories")  # DDIM trajectories of the frozen model per erased prompt
+    sample_steps: int = ERASE.field("sample_steps")  # DDIM steps per trajectory; each step's x_t goes into the pool
+    guidance_scale: float = ERASE.field("guidance_scale")  # CFG scale of the trajectories (ESD's start_guidance)
+    resolution: int = ERASE.field("resolution")  # pixels; 0: the native size (UNet sample_size × VAE factor)
+    patch_tolerance: float = ERASE.field("patch_tolerance")  # weight subsets: largest relative Frobenius error of the SVD
+    patch_max_rank: int = ERASE.field("patch_max_rank")  # weight subsets: cap on the patch's per-module rank (0: none)
+    loop: LoopConfig = ERASE.field("loop", LoopConfig)
 
     @property
     def objective(self) -> str:
@@ -89,6 +87,11 @@ class EraseConfig:
     @property
     def subset(self) -> str:
         return _METHOD_SUBSET[self.method] if self.params == "auto" else self.params
+
+    @property
+    def progress_total(self) -> int:
+        """Progress steps of a run: every DDIM step of every trajectory of every target, then the training."""
+        return len(self.targets) * self.trajectories * self.sample_steps + self.loop.steps
 
     @property
     def learning_rate(self) -> float:

@@ -155,4 +155,4 @@ def load_pool(path: Path, key: str) -> Optional[XtPool]:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         return XtPool(**tensors, prompts=json.loads(meta["prompts"]))
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
-        raise ClifError(f"the x_t pool {path} cannot be read ({err}); delete it (it is made again) or restart the run")
+        raise ClifError(f"the x_t pool {path} cannot be read ({err}); delete it (it is made again) or restart the run") from err

@@ -21,8 +21,8 @@ from clif_core.concepts.apply import apply_concepts
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.errors import ClifError
 from clif_core.images import check_min_side
-from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 from clif_core.progress import SILENT, Reporter
+from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 
 from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict, vae_factor
 from .latents import ddim_scheduler, decode, encode

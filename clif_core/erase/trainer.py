@@ -214,8 +214,8 @@ def erase_concepts(
         if not overwrite:
             _check_replaceable(Path(out_path), recipe)
         run.open(recipe, restart=restart)
-        total_pool = len(config.targets) * config.trajectories * config.sample_steps
-        total = total_pool + config.loop.steps
+        total = config.progress_total
+        total_pool = total - config.loop.steps
 
         prompts = unique_prompts([t.target for t in config.targets], [t.alternative for t in config.targets],
                                  config.preserve)

@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from clif_core.errors import ClifError
-from clif_core.validation import (
-    MAX_GUIDANCE,
-    check_plain_name,
-    check_strength,
-    cli_float,
-    cli_int,
-    refuse_existing,
-)
+from clif_core.validation import check_plain_name, check_strength, refuse_existing
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `sample` command to a `clif` argparse subparsers object; `args.func(args)` runs it."""
-    from .config import LAYOUTS, MAX_BATCH, MAX_SIDE, MAX_STEPS, REGION_STRENGTH, SCHEDULERS
+    from clif_core.options import add_option
+
+    from .config import LAYOUTS, REGION, SAMPLE
 
     p = subparsers.add_parser(
         "sample",
@@ -34,26 +29,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--base", required=True, help="base model: a diffusers folder or a .safetensors checkpoint")
     p.add_argument("--prompt", required=True, help="the prompt; concept placeholders such as <alice> are allowed")
-    p.add_argument("--negative", default="", help="negative prompt")
+    add_option(p, SAMPLE, "negative_prompt", "--negative", dest="negative")
     p.add_argument("--concepts", action="append", default=[], metavar="FILE[:STRENGTH]", type=parse_concept_arg,
                    help="a concept file or erasure patch, optionally with a LoRA strength (default 1); repeat")
-    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0,
-                   help="seed of the first image; image i uses seed + i")
-    p.add_argument("--steps", type=cli_int(1, MAX_STEPS), default=30)
-    p.add_argument("--cfg", type=cli_float(0, MAX_GUIDANCE), default=7.0,
-                   help="classifier-free guidance scale (1 or less: off)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="euler")
-    p.add_argument("--width", type=cli_int(8, MAX_SIDE), help="default: the model's native size")
-    p.add_argument("--height", type=cli_int(8, MAX_SIDE), help="default: the model's native size")
-    p.add_argument("--batch", type=cli_int(1, MAX_BATCH), default=1)
+    for name in ("seed", "steps", "cfg", "scheduler"):
+        add_option(p, SAMPLE, name, f"--{name}")
+    add_option(p, SAMPLE, "width", "--width", help="image width in pixels (default: the model's native size)")
+    add_option(p, SAMPLE, "height", "--height", help="image height in pixels (default: the model's native size)")
+    add_option(p, SAMPLE, "batch", "--batch")
     p.add_argument("--region", action="append", default=[], metavar="PROMPT",
                    help="a region prompt (repeat); regions are placed by --layout, --boxes or --region-mask")
     p.add_argument("--layout", choices=LAYOUTS, default="left_right", help="where the --region prompts go")
     p.add_argument("--boxes", help="explicit boxes 'x0,y0,x1,y1; …' (fractions of width/height), one per region")
     p.add_argument("--region-mask", action="append", default=[], metavar="IMAGE",
                    help="a grayscale mask image per region (white = the region); repeat")
-    p.add_argument("--region-strength", type=cli_float(0, 1), default=REGION_STRENGTH,
-                   help="how much region prompts replace the global prompt inside their regions (0..1)")
+    add_option(p, REGION, "strength", "--region-strength", dest="region_strength")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     p.add_argument("--name", default="clif", help="file name prefix: NAME-SEED.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from clif_core.errors import ClifError
 from clif_core.images import check_min_side
+from clif_core.options import MAX_SEED, Options, opt
 from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 
 SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras")
@@ -31,6 +32,31 @@ MAX_STEPS = 1000
 """Most denoising steps: the models are trained on 1000 timesteps, more steps only repeat them."""
 MAX_RUN_PIXELS = 64 * 2**20
 """Most pixels one run draws (width × height × batch); the latents and activations grow with it."""
+
+
+SAMPLE = Options(
+    "sample",
+    negative_prompt=opt("", "what the images should not show"),
+    seed=opt(0, "seed of the first image; image i of the batch uses seed + i", 0, MAX_SEED),
+    steps=opt(30, "denoising steps", 1, MAX_STEPS),
+    cfg=opt(7.0, "classifier-free guidance scale (1 or less: off)", 0, MAX_GUIDANCE, step=0.1),
+    scheduler=opt("euler", "the noise scheduler", choices=SCHEDULERS),
+    width=opt(None, "image width in pixels (the CLI's default: the model's native size)", 8, MAX_SIDE, step=8,
+              kind=int, widget_default=512),
+    height=opt(None, "image height in pixels (the CLI's default: the model's native size)", 8, MAX_SIDE, step=8,
+               kind=int, widget_default=512),
+    batch=opt(1, "images per run", 1, MAX_BATCH),
+    isolation_edge=opt(ISOLATION_EDGE, "soft edge of a concept LoRA isolated to a region, as a fraction of the "
+                       "image's shorter side", 0, 0.5),
+)
+"""Defaults, limits and help of `SampleConfig` (see clif_core.options)."""
+
+REGION = Options(
+    "region",
+    strength=opt(REGION_STRENGTH, "how much a region prompt replaces the global prompt inside its region", 0, 1,
+                 step=0.05),
+)
+"""Defaults, limits and help of `Region`."""
 
 
 def check_region_mask(mask: Any, where: str) -> None:
@@ -60,7 +86,7 @@ class Region:
     prompt: str
     box: Optional[tuple[float, float, float, float]] = None
     mask: Optional[Any] = field(default=None, compare=False)
-    strength: float = REGION_STRENGTH
+    strength: float = REGION.field("strength")
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for the recipe (a mask is described by its size only)."""
@@ -82,17 +108,17 @@ class SampleConfig:
     """
 
     prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 30
-    cfg: float = 7.0
-    scheduler: str = "euler"
-    width: Optional[int] = None
-    height: Optional[int] = None
-    batch: int = 1
+    negative_prompt: str = SAMPLE.field("negative_prompt")
+    seed: int = SAMPLE.field("seed")
+    steps: int = SAMPLE.field("steps")
+    cfg: float = SAMPLE.field("cfg")
+    scheduler: str = SAMPLE.field("scheduler")
+    width: Optional[int] = SAMPLE.field("width")
+    height: Optional[int] = SAMPLE.field("height")
+    batch: int = SAMPLE.field("batch")
     regions: tuple[Region, ...] = ()
     preview_every: int = 0
-    isolation_edge: float = ISOLATION_EDGE
+    isolation_edge: float = SAMPLE.field("isolation_edge")
 
     def check(self) -> None:
         """Raise ClifError naming the field for values no model could sample with."""

@@ -33,6 +33,7 @@ from clif_core.errors import ClifError
 from .config import ISOLATION_EDGE, Region
 from .regional import layer_size, rasterise
 
+
 def soft_mask(region: Region, latent_hw: tuple[int, int], edge: float = ISOLATION_EDGE) -> torch.Tensor:
     """The region's mask at latent resolution with a soft inner edge: `m · blur(m)`, a Gaussian blur of sigma
     `edge` × the latent's shorter side (replicated at the image border, so a region touching the border stays

@@ -108,7 +108,7 @@ def _render(args: argparse.Namespace) -> int:
         with atomic_path(out / name) as tmp:
             r.pil().save(tmp, format="PNG")
         masks = []
-        for i, (obj, mask) in enumerate(zip(r.scene.objects, r.masks)):
+        for obj, mask in zip(r.scene.objects, r.masks):
             mask_name = f"masks/{seed:08d}.{obj.placement.slot}.png"
             with atomic_path(out / mask_name) as tmp:
                 Image.fromarray(mask.astype(np.uint8) * 255, "L").save(tmp, format="PNG")

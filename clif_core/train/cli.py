@@ -17,63 +17,51 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from clif_core.validation import cli_float, cli_int, refuse_existing
+from clif_core.options import STAGE1, STAGE2, Options, add_option
+from clif_core.validation import refuse_existing
 
-LR = cli_float(0, 1)
-RANK = cli_int(0, 256)
-ALPHA = cli_float(0, 1024)
+_LOOP_FLAGS = ("grad_accum", "mixed_precision", "gradient_checkpointing", "adam_8bit", "max_grad_norm",
+               "warmup_steps", "seed", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every")
+"""Loop settings one flag sets for both stages of `clif train both` (steps and batch size have one per stage)."""
 
 
-def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, prefixes: tuple[str, ...] = ("",)) -> None:
-    for prefix in prefixes:
-        p.add_argument(f"--{prefix}steps", type=cli_int(1, 1_000_000), default=steps, help="optimizer steps")
-        p.add_argument(f"--{prefix}batch-size", type=cli_int(1, 4096), default=batch,
-                       help="samples per process and micro-step")
-    p.add_argument("--grad-accum", type=cli_int(1, 1024), default=1, help="micro-steps per optimizer step")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                   help="auto: bf16 on CUDA (fp16 where bf16 is unsupported), no on CPU")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
-    p.add_argument("--no-8bit-adam", action="store_true", help="32-bit AdamW even when bitsandbytes is installed")
-    p.add_argument("--max-grad-norm", type=cli_float(0, 1e6), default=1.0, help="gradient clipping (0: off)")
-    p.add_argument("--warmup-steps", type=cli_int(0, 1_000_000), default=0)
-    p.add_argument("--seed", type=cli_int(0, 2**63 - 1), default=0)
-    p.add_argument("--checkpoint-every", type=cli_int(1, 1_000_000), default=100)
-    p.add_argument("--keep-checkpoints", type=cli_int(1, 1000), default=2)
-    p.add_argument("--preview-every", type=cli_int(0, 1_000_000), default=0,
-                   help="every N steps a leakage preview into RUN/previews: each concept alone and all together "
-                   "from one seed, drawn with the model as trained so far (0: never)")
-    p.add_argument("--preview-steps", type=cli_int(0, 1000), default=20,
-                   help="sampling steps of the previews and of stage 2's thumbnail (0: none)")
-    p.add_argument("--log-every", type=cli_int(0, 1_000_000), default=25)
+def _loop_args(p: argparse.ArgumentParser, stages: dict[str, Options]) -> None:
+    """Loop flags; `stages` maps a flag prefix to its stage's table ({"": STAGE2}, or {"s1-": …, "s2-": …}).
+
+    With two stages a shared flag defaults to None: each stage then keeps its own default (`_loop`)."""
+    for prefix, table in stages.items():
+        add_option(p, table, "loop.steps", f"--{prefix}steps", dest=f"{prefix.replace('-', '_')}steps")
+        add_option(p, table, "loop.batch_size", f"--{prefix}batch-size",
+                   dest=f"{prefix.replace('-', '_')}batch_size")
+    table = list(stages.values())[-1]
+    for name in _LOOP_FLAGS:
+        flag, help = f"--{name.replace('_', '-')}", table[f"loop.{name}"].help
+        if name == "adam_8bit":
+            flag, help = "--no-8bit-adam", "32-bit AdamW even when bitsandbytes is installed"
+        if len(stages) > 1:
+            add_option(p, table, f"loop.{name}", flag, default=None, help=f"{help} (default: each stage's own)")
+        else:
+            add_option(p, table, f"loop.{name}", flag, help=help)
+    add_option(p, table, "preview_steps", "--preview-steps")
 
 
 def _stage1_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--vision", required=True,
                    help="CLIP vision tower: a models/clip_vision .safetensors file or a transformers folder")
-    p.add_argument(f"--{prefix}lr", type=LR, default=1e-4, help="learning rate of the token rows")
-    p.add_argument("--text-lora-rank", type=RANK, default=0, help="text-encoder LoRA rank (0: token rows only)")
-    p.add_argument("--text-lora-alpha", type=ALPHA, default=0.0, help="0: the rank")
-    p.add_argument("--text-lora-lr", type=LR, default=1e-4)
-    p.add_argument("--learnable-temperature", action="store_true")
-    p.add_argument("--holdout", type=cli_float(0, 0.99), default=0.1, help="fraction held out for the retrieval metric")
+    add_option(p, STAGE1, "lr", f"--{prefix}lr", dest=f"{prefix.replace('-', '_')}lr")
+    for name in ("text_lora_rank", "text_lora_alpha", "text_lora_lr", "learnable_temperature", "holdout"):
+        add_option(p, STAGE1, name, f"--{name.replace('_', '-')}")
 
 
 def _stage2_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument(f"--{prefix}lr", type=LR, default=2e-4, help="learning rate of the UNet LoRA")
-    p.add_argument("--token-lr", type=LR, default=5e-5, help="learning rate of the token rows")
-    p.add_argument("--freeze-tokens", action="store_true", help="train the UNet LoRA only")
-    p.add_argument("--lora-rank", type=cli_int(1, 256), default=16)
-    p.add_argument("--lora-alpha", type=ALPHA, default=0.0, help="0: the rank")
-    p.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0", help="comma-separated UNet module names")
-    p.add_argument("--masked-loss", action="store_true", help="weight the loss by the slot masks")
-    p.add_argument("--background-weight", type=cli_float(0, 1), default=0.1, help="loss weight outside the masks")
-    p.add_argument("--min-snr-gamma", type=cli_float(0, 100), default=0.0,
-                   help="min-SNR weighting (0: off, 5 is common)")
-    p.add_argument("--noise-offset", type=cli_float(0, 1), default=0.0)
-    p.add_argument("--prior-weight", type=cli_float(0, 10), default=0.0, help="prior preservation weight (0: off)")
-    p.add_argument("--prior-images", type=cli_int(1, 1000), default=8, help="class images per class word")
+    add_option(p, STAGE2, "lr", f"--{prefix}lr", dest=f"{prefix.replace('-', '_')}lr")
+    add_option(p, STAGE2, "token_lr", "--token-lr")
+    add_option(p, STAGE2, "train_tokens", "--freeze-tokens", help="train the UNet LoRA only")
+    for name in ("lora_rank", "lora_alpha", "lora_targets", "masked_loss", "background_weight", "min_snr_gamma",
+                 "noise_offset", "prior_weight", "prior_images"):
+        add_option(p, STAGE2, name, f"--{name.replace('_', '-')}")
     p.add_argument("--class-dir", help="class images as CLASS_DIR/<class word>/*.png (missing ones are generated)")
-    p.add_argument("--preview-prompt", default="", help="default: the dataset's first Mix caption")
+    add_option(p, STAGE2, "preview_prompt", "--preview-prompt")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -89,34 +77,29 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     common.add_argument("--restart", action="store_true", help="discard the run folder's earlier progress")
     common.add_argument("--device", help="cuda, cuda:N or cpu (default: what the launcher assigns)")
-    common.add_argument("--vectors", type=cli_int(1, 16), default=2, help="token vectors per concept")
+    add_option(common, STAGE2, "vectors", "--vectors", help="token vectors per concept")
 
     s1 = sub.add_parser("stage1", parents=[common], help="contrastive stage: concept token rows (+ text LoRA)")
-    _loop_args(s1, steps=400, batch=32)
+    _loop_args(s1, {"": STAGE1})
     _stage1_args(s1)
     s2 = sub.add_parser("stage2", parents=[common], help="decoder stage: UNet LoRA + token rows → concept file")
     s2.add_argument("--init", help="stage-1 concept file to start from (default: class words)")
-    _loop_args(s2, steps=1000, batch=1)
+    _loop_args(s2, {"": STAGE2})
     _stage2_args(s2)
     both = sub.add_parser("both", parents=[common], help="stage 1 then stage 2 (options of one stage: --s1-/--s2-)")
-    _loop_args(both, steps=0, batch=0, prefixes=("s1-", "s2-"))
-    both.set_defaults(s1_steps=400, s1_batch_size=32, s2_steps=1000, s2_batch_size=1)
+    _loop_args(both, {"s1-": STAGE1, "s2-": STAGE2})
     _stage1_args(both, prefix="s1-")
     _stage2_args(both, prefix="s2-")
     p.set_defaults(func=run)
     return p
 
 
-def _loop(args: argparse.Namespace, steps: int, batch: int):
-    from .loop import LoopConfig
+def _loop(args: argparse.Namespace, default: Any, steps: int, batch: int):
+    """The stage's default loop with what the command line set (a shared flag left at None keeps the stage's)."""
+    from dataclasses import replace
 
-    return LoopConfig(
-        steps=steps, batch_size=batch, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, adam_8bit=not args.no_8bit_adam,
-        max_grad_norm=args.max_grad_norm, warmup_steps=args.warmup_steps, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        preview_every=args.preview_every, log_every=args.log_every,
-    )
+    given = {name: getattr(args, name) for name in _LOOP_FLAGS if getattr(args, name) is not None}
+    return replace(default, steps=steps, batch_size=batch, **given)
 
 
 def _stage1_config(args: argparse.Namespace, lr: float, loop: Any):
@@ -135,11 +118,25 @@ def _stage2_config(args: argparse.Namespace, lr: float, loop: Any):
     return DecoderConfig(
         vectors=args.vectors, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()), lr=lr,
-        train_tokens=not args.freeze_tokens, token_lr=args.token_lr, masked_loss=args.masked_loss,
+        train_tokens=args.train_tokens, token_lr=args.token_lr, masked_loss=args.masked_loss,
         background_weight=args.background_weight, min_snr_gamma=args.min_snr_gamma, noise_offset=args.noise_offset,
         prior_weight=args.prior_weight, prior_images=args.prior_images, preview_steps=args.preview_steps,
         preview_prompt=args.preview_prompt, loop=loop,
     )
+
+
+def stage_configs(args: argparse.Namespace) -> list:
+    """The stage configs a parsed `clif train` command line asks for (one, or stage 1 and stage 2)."""
+    from .contrastive import ContrastiveConfig
+    from .decoder import DecoderConfig
+
+    s1, s2 = ContrastiveConfig().loop, DecoderConfig().loop
+    if args.stage == "both":
+        return [_stage1_config(args, args.s1_lr, _loop(args, s1, args.s1_steps, args.s1_batch_size)),
+                _stage2_config(args, args.s2_lr, _loop(args, s2, args.s2_steps, args.s2_batch_size))]
+    if args.stage == "stage1":
+        return [_stage1_config(args, args.lr, _loop(args, s1, args.steps, args.batch_size))]
+    return [_stage2_config(args, args.lr, _loop(args, s2, args.steps, args.batch_size))]
 
 
 def _precision_dtype(precision: str):
@@ -158,14 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .loop import make_accelerator
 
-    if args.stage == "both":
-        s1 = _stage1_config(args, args.s1_lr, _loop(args, args.s1_steps, args.s1_batch_size))
-        s2 = _stage2_config(args, args.s2_lr, _loop(args, args.s2_steps, args.s2_batch_size))
-        configs = [s1, s2]
-    elif args.stage == "stage1":
-        configs = [_stage1_config(args, args.lr, _loop(args, args.steps, args.batch_size))]
-    else:
-        configs = [_stage2_config(args, args.lr, _loop(args, args.steps, args.batch_size))]
+    configs = stage_configs(args)
     for config in configs:
         config.check()
     if args.out:

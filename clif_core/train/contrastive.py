@@ -16,7 +16,7 @@ and discarded afterwards. The output is an intermediate concept file: the embedd
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,6 +27,7 @@ from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.lora_keys import TEXT_LORA_TARGETS, lora_from_peft, text_encoder_keys
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use
+from clif_core.options import STAGE1
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
@@ -44,25 +45,22 @@ ADAPTER = "clif_stage1"
 CLIP_LOGIT_SCALE = math.log(100.0)  # trained CLIP models sit at the clamp, s = 100
 
 
-def _default_loop() -> LoopConfig:
-    return LoopConfig(steps=400, batch_size=32, checkpoint_every=100, log_every=25)
-
-
 @dataclass
 class ContrastiveConfig:
-    """Stage 1 settings; `loop` holds the shared ones (steps, batch size, precision, seed, …)."""
+    """Stage 1 settings; `loop` holds the shared ones (steps, batch size, precision, seed, …). Defaults, limits
+    and help: `options.STAGE1`."""
 
-    vectors: int = 2  # token vectors per concept (the public code uses 2)
-    lr: float = 1e-4  # token rows (and the learnt projection head, when there is one)
-    text_lora_rank: int = 0  # 0: token rows only
-    text_lora_alpha: float = 0.0  # 0: the rank (scale 1)
-    text_lora_lr: float = 1e-4
+    vectors: int = STAGE1.field("vectors")  # token vectors per concept (the public code uses 2)
+    lr: float = STAGE1.field("lr")  # token rows (and the learnt projection head, when there is one)
+    text_lora_rank: int = STAGE1.field("text_lora_rank")  # 0: token rows only
+    text_lora_alpha: float = STAGE1.field("text_lora_alpha")  # 0: the rank (scale 1)
+    text_lora_lr: float = STAGE1.field("text_lora_lr")
     text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
-    learnable_temperature: bool = False
+    learnable_temperature: bool = STAGE1.field("learnable_temperature")
     temperature_lr: float = 1e-3
-    holdout: float = 0.1  # fraction of composition groups held out for the retrieval metric
-    preview_steps: int = 20  # sampling steps of the leakage previews (leakage.py); 0: the loss curve instead
-    loop: LoopConfig = field(default_factory=_default_loop)
+    holdout: float = STAGE1.field("holdout")  # fraction of composition groups held out for the retrieval metric
+    preview_steps: int = STAGE1.field("preview_steps")  # leakage previews' sampling steps; 0: the loss curve
+    loop: LoopConfig = STAGE1.field("loop", LoopConfig)
 
     def check(self) -> None:
         self.loop.check()

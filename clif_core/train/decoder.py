@@ -14,7 +14,7 @@ loads in `apply_concepts`, ComfyUI's Apply Concepts and its stock LoraLoader.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,12 +25,13 @@ from clif_core.concepts.file_format import ConceptFile, make_thumbnail
 from clif_core.concepts.lora_keys import UNET_LORA_TARGETS, UNET_PREFIX, lora_from_peft
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use
+from clif_core.options import STAGE2
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
+from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .prior import CLASS_PROMPT, class_images
 from .run_folder import RunFolder
 from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
@@ -42,31 +43,27 @@ ADAPTER = "clif_stage2"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _default_loop() -> LoopConfig:
-    return LoopConfig(steps=1000, batch_size=1, checkpoint_every=250, log_every=50, preview_every=100)
-
-
 @dataclass
 class DecoderConfig:
-    """Stage 2 settings; `loop` holds the shared ones."""
+    """Stage 2 settings; `loop` holds the shared ones. Defaults, limits and help: `options.STAGE2`."""
 
-    vectors: int = 2  # token vectors per concept when there is no stage-1 file to start from
-    lora_rank: int = 16
-    lora_alpha: float = 0.0  # 0: the rank (scale 1)
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    lr: float = 2e-4  # UNet LoRA (the public code's)
-    train_tokens: bool = True
-    token_lr: float = 5e-5
-    masked_loss: bool = False
-    background_weight: float = 0.1
-    min_snr_gamma: float = 0.0  # 0: off; 5 is the paper's value
-    noise_offset: float = 0.0
-    prior_weight: float = 0.0  # 0: no prior preservation
-    prior_images: int = 8  # per class word
+    vectors: int = STAGE2.field("vectors")  # token vectors per concept when there is no stage-1 file to start from
+    lora_rank: int = STAGE2.field("lora_rank")
+    lora_alpha: float = STAGE2.field("lora_alpha")  # 0: the rank (scale 1)
+    lora_targets: tuple[str, ...] = STAGE2.field("lora_targets")
+    lr: float = STAGE2.field("lr")  # UNet LoRA (the public code's)
+    train_tokens: bool = STAGE2.field("train_tokens")
+    token_lr: float = STAGE2.field("token_lr")
+    masked_loss: bool = STAGE2.field("masked_loss")
+    background_weight: float = STAGE2.field("background_weight")
+    min_snr_gamma: float = STAGE2.field("min_snr_gamma")  # 0: off; 5 is the paper's value
+    noise_offset: float = STAGE2.field("noise_offset")
+    prior_weight: float = STAGE2.field("prior_weight")  # 0: no prior preservation
+    prior_images: int = STAGE2.field("prior_images")  # per class word
     prior_generation_steps: int = 25
-    preview_prompt: str = ""  # the previews' "together" prompt; "": a caption of the dataset with every concept
-    preview_steps: int = 20  # 0: no rendered previews (the loss curve instead) and no thumbnail
-    loop: LoopConfig = field(default_factory=_default_loop)
+    preview_prompt: str = STAGE2.field("preview_prompt")  # "": a caption of the dataset with every concept
+    preview_steps: int = STAGE2.field("preview_steps")  # 0: no rendered previews (the loss curve instead)
+    loop: LoopConfig = STAGE2.field("loop", LoopConfig)
 
     def check(self) -> None:
         self.loop.check()

@@ -34,6 +34,7 @@ import torch
 
 from clif_core.errors import Cancelled, ClifError
 from clif_core.fileio import atomic_path
+from clif_core.options import LOOP, PRECISIONS
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
@@ -42,7 +43,6 @@ from .curve import draw_loss_curve, save_loss_png, write_loss_csv
 from .optim import make_optimizer, warmup_factor
 from .run_folder import RunFolder
 
-PRECISIONS = ("auto", "no", "fp16", "bf16")
 WEIGHT_CHECK_EVERY = 10
 """Steps between checks that the trainable weights are finite (one pass over them; also before every save)."""
 
@@ -50,24 +50,25 @@ WEIGHT_CHECK_EVERY = 10
 @dataclass
 class LoopConfig:
     """How to train, independent of what is trained. `batch_size` is per process and micro-step; the
-    effective batch is batch_size × grad_accum × processes."""
+    effective batch is batch_size × grad_accum × processes. Defaults, limits and help: `options.LOOP` (each
+    stage's config derives its own defaults there)."""
 
-    steps: int = 500
-    batch_size: int = 4
-    grad_accum: int = 1
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA (fp16 where unsupported), no on CPU
-    gradient_checkpointing: bool = False
-    adam_8bit: bool = True  # used when bitsandbytes is installed and the device is CUDA
+    steps: int = LOOP.field("steps")
+    batch_size: int = LOOP.field("batch_size")
+    grad_accum: int = LOOP.field("grad_accum")
+    mixed_precision: str = LOOP.field("mixed_precision")  # auto: bf16 on CUDA (fp16 where unsupported), no on CPU
+    gradient_checkpointing: bool = LOOP.field("gradient_checkpointing")
+    adam_8bit: bool = LOOP.field("adam_8bit")  # used when bitsandbytes is installed and the device is CUDA
     weight_decay: float = 1e-2
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    warmup_steps: int = 0
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    preview_every: int = 0  # 0: no previews
-    log_every: int = 10
+    max_grad_norm: float = LOOP.field("max_grad_norm")  # 0 turns clipping off
+    warmup_steps: int = LOOP.field("warmup_steps")
+    seed: int = LOOP.field("seed")
+    checkpoint_every: int = LOOP.field("checkpoint_every")
+    keep_checkpoints: int = LOOP.field("keep_checkpoints")
+    preview_every: int = LOOP.field("preview_every")  # 0: no previews
+    log_every: int = LOOP.field("log_every")
 
     def check(self) -> None:
         check_finite_fields(self, "training setting")
@@ -320,7 +321,7 @@ def run_training(
                 scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             )
             save_checkpoint(ckpt, run.checkpoints_dir / checkpoint_name(step))
-            for old_step, path in run.checkpoints()[: -config.keep_checkpoints]:
+            for _step, path in run.checkpoints()[: -config.keep_checkpoints]:
                 path.unlink(missing_ok=True)
             write_loss_csv(history, run.loss_csv)
             save_loss_png([(label, history)], run.loss_png)

@@ -11,7 +11,6 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-
 _IDS: "weakref.WeakKeyDictionary[Any, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 """Token ids per tokenizer and prompt: training captions come back every epoch, and tokenizing them again every
 step is work repeated for nothing. Nothing in the pack changes a tokenizer in place (concept tokens are added
