@@ -32,9 +32,8 @@ CHILD = textwrap.dedent(
 
 
 def _start(ignore_sigint: bool) -> subprocess.Popen:
-    def preexec() -> None:
-        if ignore_sigint:  # what a shell's `&` does to a background job
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def preexec() -> None:  # ignored: what a shell's `&` does to a background job (pytest itself may be one)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
 
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec
