@@ -18,7 +18,7 @@ from clif_core.sandbox.scene import Background, Scene, caption
 
 PART_NAMES = ("object", "head", "body", "accessory")
 PATTERN_SHADE = 0.45  # a texture's pattern is the part's colour darkened to this fraction
-STRIPE_PERIOD, DOT_PERIOD, DOT_RADIUS, CHECK_SIZE = 4.0, 4.5, 1.1, 3.0  # pixels at 64×64
+STRIPE_PERIOD, DOT_PERIOD, DOT_RADIUS, CHECK_SIZE = 8.0, 8.0, 2.1, 5.0  # pixels at 64×64
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,15 @@ def _background(bg: Background, n: int) -> np.ndarray:
 
 
 def _pattern(texture: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Where a texture's darker pattern shows; u, v are pixel offsets from the object's centre."""
+    """Where a texture's darker pattern shows; u, v are pixel offsets from the part's centre, where a dot, a
+    stripe edge and a check corner sit, so even a small part (a thin cross, a head) shows its pattern."""
     if texture == "plain":
         return np.zeros(u.shape, dtype=bool)
     if texture == "striped":
         return np.mod(u + v, STRIPE_PERIOD) < STRIPE_PERIOD / 2
     if texture == "dotted":
-        du = np.mod(u, DOT_PERIOD) - DOT_PERIOD / 2
-        dv = np.mod(v, DOT_PERIOD) - DOT_PERIOD / 2
+        du = np.mod(u + DOT_PERIOD / 2, DOT_PERIOD) - DOT_PERIOD / 2
+        dv = np.mod(v + DOT_PERIOD / 2, DOT_PERIOD) - DOT_PERIOD / 2
         return du * du + dv * dv < DOT_RADIUS * DOT_RADIUS
     if texture == "checkered":
         return (np.floor(u / CHECK_SIZE) + np.floor(v / CHECK_SIZE)) % 2 == 1
@@ -111,8 +112,10 @@ def render_scene(scene: Scene, supersample: int = 4) -> Render:
             if layer.clip_to is not None:
                 region &= label == index * len(PART_NAMES) + PART_NAMES.index(layer.clip_to)
             colour = np.array(layer.colour, dtype=np.float32)
-            u = coords[cols][None, :] - np.float32(p.cx)
-            v = coords[rows][:, None] - np.float32(p.cy)
+            points = np.concatenate(layer.polygons)
+            cx, cy = (points.min(axis=0) + points.max(axis=0)) / 2
+            u = coords[cols][None, :] - np.float32(cx)
+            v = coords[rows][:, None] - np.float32(cy)
             u, v = np.broadcast_to(u, region.shape), np.broadcast_to(v, region.shape)
             dark = _pattern(layer.texture, u, v)
             pixels = canvas[rows, cols]
