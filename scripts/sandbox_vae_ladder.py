@@ -31,7 +31,9 @@ from clif_core.sandbox.vae_ceiling import vae_ceiling  # noqa: E402
 RUNGS = {
     "L1 (the smoke preset's objective)": VaeObjective(),
     "L1 on objects x4, + gradients": VaeObjective(object_weight=3.0, gradient_weight=1.0),
-    "the above + patch spectra (cpu preset)": VaeObjective(object_weight=3.0, gradient_weight=1.0, spectrum_weight=1.0),
+    "the above + patch spectra": VaeObjective(object_weight=3.0, gradient_weight=1.0, spectrum_weight=1.0),
+    "objects x9 (cpu preset)": VaeObjective(object_weight=8.0, gradient_weight=1.0, spectrum_weight=1.0),
+    "objects x17": VaeObjective(object_weight=16.0, gradient_weight=1.0, spectrum_weight=1.0),
 }
 HEADS = ("colour", "texture", "head_colour", "head_texture", "accessory_colour", "detail_colour")
 

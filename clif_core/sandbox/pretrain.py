@@ -113,7 +113,7 @@ PRESETS: dict[str, PretrainConfig] = {
         vae=StageConfig(steps=5_000, batch_size=32, lr=2e-3, warmup=50),
         clip=StageConfig(steps=2_000, batch_size=128, lr=1e-3, warmup=50),
         unet=StageConfig(steps=20_000, batch_size=64, lr=5e-4, warmup=200),
-        vae_objective=VaeObjective(object_weight=3.0, gradient_weight=1.0, spectrum_weight=1.0),
+        vae_objective=VaeObjective(object_weight=8.0, gradient_weight=1.0, spectrum_weight=1.0),
         quality="cpu",
         checkpoint_minutes=10.0,
         checkpoint_dtype="float16",
