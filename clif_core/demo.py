@@ -127,7 +127,7 @@ def _save(report: Report, out: Path, name: str, image: Any, caption: str) -> Non
 
 def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     """Run every step; return the path of report.html."""
-    from .augment.common import resolve_common
+    from .augment.common_concepts import resolve_common
     from .augment.compose import AugmentConfig
     from .augment.dataset import build_dataset, load_dataset, preview_grid
     from .augment.fallback import FallbackSegmenter
@@ -140,8 +140,8 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     from .sheets import labelled_grid
     from .train.contrastive import ContrastiveConfig
     from .train.decoder import DecoderConfig
-    from .train.loop import LoopConfig
-    from .train.stages import train_concepts
+    from .training.loop import LoopConfig
+    from .train.both_stages import train_concepts
 
     if config.size not in SIZES:
         raise ClifError(f"demo size {config.size!r} is unknown; use one of {', '.join(SIZES)}")

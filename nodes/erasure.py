@@ -141,7 +141,7 @@ class EraseConcepts(io.ComfyNode):
 
         from clif_core.erase.config import EraseConfig, parse_targets
         from clif_core.erase.trainer import erase_concepts
-        from clif_core.train.loop import LoopConfig
+        from clif_core.training.loop import LoopConfig
 
         from .comfy_adapter import free_comfy_memory, reporter
 

@@ -60,7 +60,7 @@ def _run_dir(run_name: str) -> str:
 
 def _loop(steps: int, batch_size: int, precision: str, seed: int, preview_every: int, checkpoint_every: int,
           gradient_checkpointing: bool = False):
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     return LoopConfig(steps=steps, batch_size=batch_size, mixed_precision=precision, seed=seed,
                       preview_every=preview_every, checkpoint_every=checkpoint_every,
@@ -304,7 +304,7 @@ class TrainConcepts(io.ComfyNode):
                 mixed_precision: str = "auto", seed: int = 0, preview_every: int = 100, checkpoint_every: int = 250,
                 gradient_checkpointing: bool = False, **decoder) -> io.NodeOutput:
         from clif_core.train.contrastive import ContrastiveConfig
-        from clif_core.train.stages import train_concepts
+        from clif_core.train.both_stages import train_concepts
 
         stage1 = ContrastiveConfig(vectors=vectors_per_concept, lr=stage1_learning_rate, loop=_loop(
             stage1_steps, stage1_batch_size, mixed_precision, seed, 0, checkpoint_every))
@@ -321,7 +321,7 @@ class TrainConcepts(io.ComfyNode):
 
 def _curves(run_dir: str) -> list:
     """(title, loss.csv path) of a run folder, or of its stage1/stage2 folders (Train Concepts)."""
-    from clif_core.train.stages import STAGE_DIRS
+    from clif_core.train.both_stages import STAGE_DIRS
 
     if os.path.isfile(os.path.join(run_dir, "loss.csv")):
         return [(os.path.basename(run_dir.rstrip(os.sep)), os.path.join(run_dir, "loss.csv"))]
@@ -362,7 +362,7 @@ class LossPlot(io.ComfyNode):
     def execute(cls, run_dir: str) -> io.NodeOutput:
         from pathlib import Path
 
-        from clif_core.train.curve import draw_loss_curve, read_loss_csv
+        from clif_core.training.curve import draw_loss_curve, read_loss_csv
 
         from .comfy_adapter import pil_to_image
 

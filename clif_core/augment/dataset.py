@@ -32,7 +32,7 @@ from ..errors import ClifError
 from ..fileio import atomic_dir
 from ..progress import SILENT, Reporter
 from ..validation import field_of, inside_folder, parse_json, read_json
-from .common import CommonConcept
+from .common_concepts import CommonConcept
 from .compose import (
     AugmentConfig,
     Composite,

@@ -230,7 +230,7 @@ def run_dir_of(pair_dir: Path, method: str, run: int) -> Path:
 
 def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: Any, characters: Any, work: Path,
              reporter: Reporter) -> PairRun:
-    from clif_core.augment.common import resolve_common
+    from clif_core.augment.common_concepts import resolve_common
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate, sample
     from clif_core.sandbox.characters import character_concept

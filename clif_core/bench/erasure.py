@@ -383,7 +383,7 @@ def erase(erasure: Erasure, method: str, base: Any, characters: Any, config: Era
     """One erasure run (every target of `erasure` at once); returns the patch (a ConceptFile)."""
     from clif_core.erase.config import EraseConfig, EraseTarget
     from clif_core.erase.trainer import erase_concepts
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     d = config.dims
     name, params = _METHOD_CONFIG[method]

@@ -100,7 +100,7 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
     training sets and runs go to `work`, the common objects (drawn by the original model) to `cache`."""
     import time
 
-    from clif_core.augment.common import resolve_common
+    from clif_core.augment.common_concepts import resolve_common
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate
 

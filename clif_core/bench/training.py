@@ -97,8 +97,8 @@ def train_stages(stages: str, base: Any, vision: Path, dataset: Path, run_dir: P
     zero, so the LoRA adds exactly nothing and only the token rows learn, at the same compute per step)."""
     from clif_core.train.contrastive import ContrastiveConfig
     from clif_core.train.decoder import DecoderConfig, train_decoder
-    from clif_core.train.loop import LoopConfig
-    from clif_core.train.stages import train_concepts
+    from clif_core.training.loop import LoopConfig
+    from clif_core.train.both_stages import train_concepts
 
     if stages not in STAGES:
         raise ClifError(f"unknown training recipe {stages!r}; use one of {', '.join(STAGES)}")

@@ -84,7 +84,7 @@ def _erase(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
     from clif_core.errors import ClifError
     from clif_core.models.loader import load_base_model
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     from .config import EraseConfig, parse_targets
     from .trainer import erase_concepts

@@ -54,7 +54,7 @@ def unique_prompts(*groups: Sequence[Optional[str]]) -> list[str]:
 @torch.no_grad()
 def encode_prompts(base: Any, prompts: Sequence[str], size: tuple[int, int]) -> PromptTable:
     """Encode `prompts` with the base's frozen text encoders (SDXL: image `size` (h, w) for the size numbers)."""
-    from clif_core.train.text import unet_conditioning
+    from clif_core.models.prompts import unet_conditioning
 
     hidden, added = unet_conditioning(base, list(prompts), base.device, size)
     hidden = hidden.to(base.dtype)

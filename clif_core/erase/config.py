@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from clif_core.errors import ClifError
-from clif_core.train.loop import LoopConfig
+from clif_core.training.loop import LoopConfig
 from clif_core.validation import check_finite_fields
 
 OBJECTIVES = ("all-but-one", "esd")

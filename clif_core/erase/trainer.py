@@ -4,7 +4,7 @@
 2. make the x_t pool (pool.py) or reuse the run folder's, which holds the frozen model's predictions, so
    no frozen UNet copy is kept in memory;
 3. train the chosen weights (subsets.py) with the chosen objective (objectives.py) through
-   `clif_core.train.loop.run_training`: checkpoints, resume, cancel, NaN stop, loss curve, previews of the
+   `clif_core.training.loop.run_training`: checkpoints, resume, cancel, NaN stop, loss curve, previews of the
    erased prompts sampled with the current weights;
 4. turn the change into a LoRA, put the base back exactly as it was, measure the patched model on fixed
    pool points (metrics.py) and write the patch (atomic) and metrics.json.
@@ -23,7 +23,7 @@ from clif_core.concepts.file_format import ConceptFile, make_thumbnail, save_con
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use, write_text_atomic
 from clif_core.progress import SILENT, Reporter
-from clif_core.train.loop import (
+from clif_core.training.loop import (
     ParamGroup,
     TrainResult,
     make_accelerator,
@@ -31,7 +31,7 @@ from clif_core.train.loop import (
     run_training,
     sub_reporter,
 )
-from clif_core.train.run_folder import RunFolder, recipe_differences
+from clif_core.training.run_folder import RunFolder, recipe_differences
 
 from . import objectives
 from .conditioning import (
@@ -76,7 +76,7 @@ class EraseResult:
 
 
 class EraseTask:
-    """The TrainTask of an erasure run (see clif_core.train.loop.TrainTask)."""
+    """The TrainTask of an erasure run (see clif_core.training.loop.TrainTask)."""
 
     def __init__(self, base: Any, config: EraseConfig, table: PromptTable, pool: XtPool,
                  params: dict[str, torch.nn.Parameter], resolution: int):

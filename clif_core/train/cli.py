@@ -108,7 +108,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _loop(args: argparse.Namespace, steps: int, batch: int):
-    from .loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     return LoopConfig(
         steps=steps, batch_size=batch, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loader import load_base_model
     from ..progress import Reporter
     from .data import open_dataset
-    from .loop import make_accelerator
+    from clif_core.training.loop import make_accelerator
 
     if args.stage == "both":
         s1 = _stage1_config(args, args.s1_lr, _loop(args, args.s1_steps, args.s1_batch_size))
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_decoder(base, args.dataset, args.run_dir, configs[0], init, reporter, accelerator,
                                args.restart, class_dir=args.class_dir)
     else:
-        from .stages import train_concepts
+        from .both_stages import train_concepts
 
         result = train_concepts(base, args.dataset, args.vision, args.run_dir, configs[0], configs[1], reporter,
                                 accelerator, args.restart, class_dir=args.class_dir)

@@ -32,10 +32,10 @@ from clif_core.validation import check_finite_fields
 
 from . import data
 from .leakage import LeakagePreview, leakage_prompts
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
-from .run_folder import RunFolder
-from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
-from .text import pooled_features
+from clif_core.training.loop import LoopConfig, ParamGroup, make_accelerator, run_training
+from clif_core.training.run_folder import RunFolder
+from .result import StageResult, base_recipe, check_precision, open_run, write_outputs
+from clif_core.models.prompts import pooled_features
 from .tokens import ConceptTokens, initial_concepts
 from .vision import VisionTower, load_vision_tower, pair_encoder
 

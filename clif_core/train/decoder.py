@@ -29,12 +29,12 @@ from clif_core.progress import SILENT, Reporter
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
+from clif_core.training.loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
 from .prior import CLASS_PROMPT, class_images
-from .run_folder import RunFolder
-from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
-from .text import unet_conditioning
+from clif_core.training.run_folder import RunFolder
+from .result import StageResult, base_recipe, check_precision, open_run, write_outputs
+from clif_core.models.prompts import unet_conditioning
 from .tokens import ConceptTokens, initial_concepts
 
 OUTPUT = "concepts.safetensors"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from clif_core.augment.common import PROMPT_TEMPLATE, CommonConcept, resolve_common
+from clif_core.augment.common_concepts import PROMPT_TEMPLATE, CommonConcept, resolve_common
 from clif_core.progress import SILENT, Reporter
 
 CLASS_PROMPT = PROMPT_TEMPLATE  # "a photo of {word}": the caption class images are trained with

@@ -13,8 +13,8 @@ from clif_core.concepts.file_format import ConceptFile, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.fileio import write_text_atomic
 
-from .loop import TrainResult
-from .run_folder import RunFolder
+from clif_core.training.loop import TrainResult
+from clif_core.training.run_folder import RunFolder
 
 METRICS_FILE = "metrics.json"
 

@@ -1,4 +1,4 @@
-"""Prompt encoding for training, the way Stable Diffusion pipelines condition the UNet.
+"""Prompt encoding, the way Stable Diffusion pipelines condition the UNet (training and erasure use it).
 
 SD1/SD2: the text encoder's last hidden state. SDXL: both encoders' penultimate hidden states side by side,
 plus the second encoder's projected pooled output and the size/crop numbers as added conditions.

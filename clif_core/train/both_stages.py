@@ -10,8 +10,8 @@ from clif_core.progress import SILENT, Reporter
 
 from .contrastive import ContrastiveConfig, train_contrastive
 from .decoder import DecoderConfig, train_decoder
-from .loop import make_accelerator, sub_reporter
-from .stage import StageResult
+from clif_core.training.loop import make_accelerator, sub_reporter
+from .result import StageResult
 from .vision import VisionTower
 
 STAGE_DIRS = ("stage1", "stage2")
