@@ -20,7 +20,7 @@ from clif_core.sample.regional import (
     region_weights,
 )
 from clif_core.sample.sampler import sample
-from clif_core.sample.text import encode_prompt
+from clif_core.models.prompts import encode_prompt
 from tests.test_concept_file import make_concept_file
 
 LEFT, RIGHT = "a red apple", "a blue car"

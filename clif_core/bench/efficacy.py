@@ -311,6 +311,8 @@ def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[st
 
 def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairRun],
            table: dict[str, dict[str, Estimate]], seconds: float) -> dict[str, Path]:
+    """The report files (results JSON, markdown, grids). Over 60 lines: the report's layout written top to
+    bottom, one section after the other."""
     from clif_core.fileio import write_text_atomic
 
     from ..sheets import labelled_grid

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loader import load_base_model
     from ..progress import Reporter
     from .data import open_dataset
-    from clif_core.training.loop import make_accelerator
+    from clif_core.training.precision import make_accelerator
 
     if args.stage == "both":
         s1 = _stage1_config(args, args.s1_lr, _loop(args, args.s1_steps, args.s1_batch_size))
