@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clif_core.augment.common import CommonConcept
+from clif_core.augment.common_concepts import CommonConcept
 from clif_core.augment.compose import AugmentConfig
 from clif_core.augment.dataset import build_dataset
 from clif_core.augment.fallback import FallbackSegmenter

@@ -49,7 +49,7 @@ def pack_run(base: Any, spec: str, args, device: torch.device) -> dict[str, Any]
     from clif_core.erase.config import EraseConfig, EraseTarget
     from clif_core.erase.trainer import erase_concepts
     from clif_core.progress import Reporter
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     method, params = spec.split(":")
     config = EraseConfig(

@@ -254,8 +254,9 @@ def main() -> int:
 
     from clif_core.concepts.file_format import save_concept_file
     from clif_core.models.ldm_layout import save_single_file
+    from clif_core.models.vae import vae_factor
     from clif_core.sample.regional import layout_regions
-    from clif_core.sample.sampler import ConceptUse, vae_scale_factor
+    from clif_core.sample.sampler import ConceptUse
     from tests.test_concept_file import make_concept_file
 
     folder = None
@@ -266,8 +267,8 @@ def main() -> int:
 
         base, what = build_tiny_model("sd1", 0), "tiny SD1 model (smoke run)"
     elif args.cpu:
-        from clif_core.erase.conditioning import native_resolution
         from clif_core.models.loader import load_base_model
+        from clif_core.models.vae import native_resolution
 
         folder = sandbox_folder()
         base = load_base_model(folder, device="cpu", dtype=torch.float32)
@@ -287,7 +288,7 @@ def main() -> int:
         results["clif sampler + concepts"] = measure(
             clif_runs(base, args, concepts=[ConceptUse(concept_file)]), args.repeat)
     results["diffusers pipeline"] = measure(diffusers_runs(base, args, folder), args.repeat)
-    latent_side = args.size // vae_scale_factor(base.vae)
+    latent_side = args.size // vae_factor(base)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_single_file(base, Path(tmp) / "model.safetensors")
         concepts_path = save_concept_file(concept_file, Path(tmp) / "concepts.safetensors") if concept_file else None

@@ -37,7 +37,7 @@ def pack_step(folder: Path, vision: Path, dataset: Path, batch: int, steps: int,
     from clif_core.models.loader import load_base_model
     from clif_core.progress import Reporter
     from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     base = load_base_model(folder, device="cpu", dtype=torch.float32)
     clock = Clock(warmup, torch.device("cpu"))

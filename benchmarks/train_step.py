@@ -116,7 +116,7 @@ def pack_step(base, dataset: Path, batch: int, steps: int, warmup: int, device: 
     """(steps/s, peak GiB) of train_decoder on `dataset` (frozen weights in bf16 on a GPU, as `clif train` loads
     them)."""
     from clif_core.train.decoder import DecoderConfig, train_decoder
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     precision = "bf16" if device.type == "cuda" else "no"
     clock = Clock(warmup, device)

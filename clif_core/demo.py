@@ -15,10 +15,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import ClifError
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    from .models.base import BaseModel
 
 SIZES = ("smoke", "full")
 
@@ -125,121 +128,183 @@ def _save(report: Report, out: Path, name: str, image: Any, caption: str) -> Non
     report.images.append((caption, name))
 
 
+@dataclass
+class _Run:
+    """What the demo's phases share: the settings, the report being written and the models."""
+
+    config: DemoConfig
+    reporter: Reporter
+    report: Report
+    base: Optional[BaseModel] = None
+    vision: Any = None
+
+    @property
+    def out(self) -> Path:
+        return self.config.out
+
+    @property
+    def k(self) -> int:
+        return self.config.scale
+
+    def timed(self, name: str, fn: Callable[[], tuple[Any, str]]) -> Any:
+        return _timed(self.report, name, self.reporter, fn)
+
+    def save(self, name: str, image: Any, caption: str) -> None:
+        _save(self.report, self.out, name, image, caption)
+
+
 def run_demo(config: DemoConfig, reporter: Reporter) -> Path:
     """Run every step; return the path of report.html."""
-    from .augment.common import resolve_common
-    from .augment.compose import AugmentConfig
-    from .augment.dataset import build_dataset, load_dataset, preview_grid
-    from .augment.fallback import FallbackSegmenter
-    from .erase.config import EraseConfig, EraseTarget
-    from .erase.trainer import erase_concepts
-    from .sample.config import SampleConfig
-    from .sample.recipe import save_png
-    from .sample.sampler import make_generate, sample
-    from .sandbox.characters import character_concept, load_characters
-    from .sheets import labelled_grid
-    from .train.contrastive import ContrastiveConfig
-    from .train.decoder import DecoderConfig
-    from .train.loop import LoopConfig
-    from .train.stages import train_concepts
+    from .sandbox.characters import load_characters
 
     if config.size not in SIZES:
         raise ClifError(f"demo size {config.size!r} is unknown; use one of {', '.join(SIZES)}")
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    report = Report()
-    k = config.scale
-
-    base, vision = _timed(report, "base model", reporter, lambda: (lambda b: (b, f"{b[0].family}, fingerprint "
-                                                                               f"{b[0].fingerprint}"))(
-        _base_model(out, report)))
-    reporter.log(report.model_note)
+    config.out.mkdir(parents=True, exist_ok=True)
+    run = _Run(config, reporter, Report())
+    run.base, run.vision = run.timed("base model", lambda: (lambda b: (b, f"{b[0].family}, fingerprint "
+                                                                          f"{b[0].fingerprint}"))(
+        _base_model(run.out, run.report)))
+    reporter.log(run.report.model_note)
 
     characters = load_characters()
-    name_a, name_b = characters.pairs[config.pair]
-    concepts = _timed(report, "concept pictures", reporter, lambda: (
-        [character_concept(characters[n], f"<{n}>", n=5, seed=config.seed) for n in (name_a, name_b)],
-        f"5 renders each of {name_a} and {name_b} (a confusable pair)"))
-    _save(report, out, "concept_pictures.png", _grid([im for c in concepts for im in c.images], 5),
-          f"the training pictures: {name_a} (top), {name_b} (bottom)")
+    names = characters.pairs[config.pair]
+    concepts = _concept_pictures(run, characters, names)
+    _augment(run, concepts)
+    trained = _train(run)
+    name_a, name_b = names
+    prompts = [f"<{name_a}> on the left and <{name_b}> on the right",
+               f"<{name_b}> on the left and <{name_a}> on the right",
+               f"<{name_a}>", f"<{name_b}>"]
+    samples = _sample(run, trained, prompts)
+    _erase(run)
+    run.report.metrics["oracle"] = run.timed("oracle scores", lambda: (
+        _oracle_scores(characters, names, prompts, samples), "identity per slot of the samples"))
+    return _write_report(run.out, run.report)
 
-    generate = make_generate(base, SampleConfig(prompt="", steps=12 * k, cfg=4.0, scheduler="dpmpp_2m_karras"))
-    dataset_dir = out / "dataset"
+
+def _concept_pictures(run: _Run, characters: Any, names: tuple[str, str]) -> list:
+    """Five renders of each character of the confusable pair."""
+    from .sandbox.characters import character_concept
+
+    name_a, name_b = names
+    concepts = run.timed("concept pictures", lambda: (
+        [character_concept(characters[n], f"<{n}>", n=5, seed=run.config.seed) for n in names],
+        f"5 renders each of {name_a} and {name_b} (a confusable pair)"))
+    run.save("concept_pictures.png", _grid([im for c in concepts for im in c.images], 5),
+             f"the training pictures: {name_a} (top), {name_b} (bottom)")
+    return concepts
+
+
+def _augment(run: _Run, concepts: list) -> None:
+    """The augmented set in OUT/dataset/, with common concepts drawn by the base model."""
+    from .augment.common_concepts import resolve_common
+    from .augment.compose import AugmentConfig
+    from .augment.dataset import build_dataset, load_dataset, preview_grid
+    from .augment.fallback import FallbackSegmenter
+    from .sample.config import SampleConfig
+    from .sample.sampler import make_generate
+
+    config, k = run.config, run.k
+    generate = make_generate(run.base, SampleConfig(prompt="", steps=12 * k, cfg=4.0, scheduler="dpmpp_2m_karras"))
+    dataset_dir = run.out / "dataset"
 
     def augment() -> tuple[Any, str]:
-        common = resolve_common(["red circle", "blue square"], generate=generate, fingerprint=base.fingerprint,
-                                cache_dir=out / "common_cache", n=2, seed=config.seed, reporter=reporter)
+        common = resolve_common(["red circle", "blue square"], generate=generate, fingerprint=run.base.fingerprint,
+                                cache_dir=run.out / "common_cache", n=2, seed=config.seed, reporter=run.reporter)
         counts = AugmentConfig(seed=config.seed, n_global=8 * k, n_region=8 * k, n_mix=8 * k, n_single=4 * k,
                                resolution=64, n_parts=3)
-        build_dataset(concepts, dataset_dir, counts, FallbackSegmenter(), common=common, reporter=reporter,
+        build_dataset(concepts, dataset_dir, counts, FallbackSegmenter(), common=common, reporter=run.reporter,
                       overwrite=True)
         ds = load_dataset(dataset_dir)
         return ds, f"{len(ds)} samples (Global, Region, Mix, single) in {dataset_dir.name}/"
 
-    ds = _timed(report, "augmented set", reporter, augment)
-    _save(report, out, "dataset_preview.png", preview_grid(ds, 12, columns=6, cell=128),
-          "samples of the augmented set with their captions")
+    ds = run.timed("augmented set", augment)
+    run.save("dataset_preview.png", preview_grid(ds, 12, columns=6, cell=128),
+             "samples of the augmented set with their captions")
+
+
+def _train(run: _Run) -> Any:
+    """Both CLIF stages on the augmented set; their metrics and loss curves go into the report."""
+    from .train.both_stages import train_concepts
+    from .train.contrastive import ContrastiveConfig
+    from .train.decoder import DecoderConfig
+    from .training.loop import LoopConfig
+
+    config, k = run.config, run.k
 
     def train() -> tuple[Any, str]:
         stage1 = ContrastiveConfig(lr=5e-3, loop=LoopConfig(steps=40 * k, batch_size=16, seed=config.seed))
         stage2 = DecoderConfig(lr=1e-3, token_lr=1e-3, preview_steps=0,
                                loop=LoopConfig(steps=60 * k, batch_size=8, seed=config.seed))
-        result = train_concepts(base, dataset_dir, vision, out / "run", stage1, stage2, reporter=reporter)
+        result = train_concepts(run.base, run.out / "dataset", run.vision, run.out / "run", stage1, stage2,
+                                reporter=run.reporter)
         return result, f"concept file {result.path.name}"
 
-    trained = _timed(report, "CLIF training (stage 1 + stage 2)", reporter, train)
-    report.metrics["training"] = trained.metrics
+    trained = run.timed("CLIF training (stage 1 + stage 2)", train)
+    run.report.metrics["training"] = trained.metrics
     for stage in ("stage1", "stage2"):
-        curve = out / "run" / stage / "loss.png"
+        curve = run.out / "run" / stage / "loss.png"
         if curve.is_file():
-            report.images.append((f"{stage} loss curve", str(curve.relative_to(out))))
+            run.report.images.append((f"{stage} loss curve", str(curve.relative_to(run.out))))
+    return trained
 
-    prompts = [f"<{name_a}> on the left and <{name_b}> on the right",
-               f"<{name_b}> on the left and <{name_a}> on the right",
-               f"<{name_a}>", f"<{name_b}>"]
-    seeds = 4 * k
+
+def _sample(run: _Run, trained: Any, prompts: list[str]) -> dict[str, list]:
+    """Every prompt with the trained concept file, `4 × scale` seeds each; the images per prompt."""
+    from .sample.config import SampleConfig
+    from .sample.recipe import save_png
+    from .sample.sampler import sample
+
+    seeds = 4 * run.k
 
     def sampling() -> tuple[Any, str]:
         rows = {}
         for p in prompts:
-            result = sample(base, SampleConfig(prompt=p, seed=config.seed, batch=seeds, steps=20, cfg=4.0),
-                            [trained.concepts], reporter)
+            result = sample(run.base, SampleConfig(prompt=p, seed=run.config.seed, batch=seeds, steps=20, cfg=4.0),
+                            [trained.concepts], run.reporter)
             rows[p] = result.images
-            save_png(result.images[0], out / f"sample_{len(rows)}.png", result.recipe)
+            save_png(result.images[0], run.out / f"sample_{len(rows)}.png", result.recipe)
         return rows, f"{len(prompts)} prompts × {seeds} seeds"
 
-    samples = _timed(report, "multi-concept sampling", reporter, sampling)
-    _save(report, out, "samples.png", _grid([im for p in prompts for im in samples[p]], seeds),
-          "rows: " + " | ".join(html.escape(p) for p in prompts))
+    samples = run.timed("multi-concept sampling", sampling)
+    run.save("samples.png", _grid([im for p in prompts for im in samples[p]], seeds),
+             "rows: " + " | ".join(html.escape(p) for p in prompts))
+    return samples
 
-    target, alternative = "circle", "square"
+
+def _erase(run: _Run) -> None:
+    """All-but-One erasure of a shape, and the same seeds sampled before and after."""
+    from .erase.config import EraseConfig, EraseTarget
+    from .erase.trainer import erase_concepts
+    from .sample.config import SampleConfig
+    from .sample.sampler import sample
+    from .sheets import labelled_grid
+    from .training.loop import LoopConfig
+
+    config, base, target, alternative = run.config, run.base, "circle", "square"
 
     def erase() -> tuple[Any, str]:
-        cfg = EraseConfig(targets=[EraseTarget(target, alternative)], loop=LoopConfig(steps=30 * k, seed=config.seed),
-                          trajectories=2, sample_steps=10)
-        result = erase_concepts(base, cfg, out / "erase_run", out / "erase_circle.safetensors", reporter=reporter,
-                                overwrite=True)
+        cfg = EraseConfig(targets=[EraseTarget(target, alternative)],
+                          loop=LoopConfig(steps=30 * run.k, seed=config.seed), trajectories=2, sample_steps=10)
+        result = erase_concepts(base, cfg, run.out / "erase_run", run.out / "erase_circle.safetensors",
+                                reporter=run.reporter, overwrite=True)
         return result, f"patch {result.path.name}"
 
-    erased = _timed(report, "All-but-One erasure", reporter, erase)
-    report.metrics["erasure"] = erased.metrics
+    erased = run.timed("All-but-One erasure", erase)
+    run.report.metrics["erasure"] = erased.metrics
     erase_prompts = [f"a red {target}", "a green triangle"]
 
     def before_after() -> tuple[Any, str]:
         rows = []
         for p in erase_prompts:
             cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
-            rows += [(f"'{p}' before", sample(base, cfg, (), reporter).images),
-                     (f"after: {target} erased", sample(base, cfg, [erased.patch], reporter).images)]
+            rows += [(f"'{p}' before", sample(base, cfg, (), run.reporter).images),
+                     (f"after: {target} erased", sample(base, cfg, [erased.patch], run.reporter).images)]
         return rows, f"{len(erase_prompts)} prompts × 4 seeds, before and after"
 
-    rows = _timed(report, "erasure before/after samples", reporter, before_after)
-    _save(report, out, "erasure.png", labelled_grid(rows, cell=64, label_width=120),
-          f"the same 4 seeds per prompt before and after erasing '{target}' → '{alternative}'")
-
-    report.metrics["oracle"] = _timed(report, "oracle scores", reporter, lambda: (
-        _oracle_scores(characters, (name_a, name_b), prompts, samples), "identity per slot of the samples"))
-    return _write_report(out, report)
+    rows = run.timed("erasure before/after samples", before_after)
+    run.save("erasure.png", labelled_grid(rows, cell=64, label_width=120),
+             f"the same 4 seeds per prompt before and after erasing '{target}' → '{alternative}'")
 
 
 def _oracle_scores(characters: Any, names: tuple[str, str], prompts: list[str], samples: dict) -> dict:

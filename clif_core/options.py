@@ -166,7 +166,7 @@ def add_option(parser: Any, table: Options, path: str, flag: str, **overrides: A
 # ------------------------------------------------------------------------------------------------- tables
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
-"""Mixed-precision modes of training (see train.loop)."""
+"""Mixed-precision modes of training (see training.loop)."""
 
 LOOP = Options(
     "loop",
@@ -187,7 +187,7 @@ LOOP = Options(
                       0, 1_000_000),
     log_every=opt(10, "steps between log lines (0: none)", 0, 1_000_000),
 )
-"""The shared training loop (train.loop.LoopConfig); each stage derives its own defaults."""
+"""The shared training loop (training.loop.LoopConfig); each stage derives its own defaults."""
 
 LR = {"min": 0.0, "max": 1.0, "step": 1e-6}
 RANK_ALPHA = {"min": 0.0, "max": 1024.0, "step": 0.5}

@@ -24,7 +24,7 @@ def named_run_dir(output_dir: str | os.PathLike, run_name: str, what: str = "run
 
 def loss_curves(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
     """(title, loss.csv path) of a run folder, or of its stage folders (a run of both CLIF stages)."""
-    from clif_core.train.stages import STAGE_DIRS
+    from clif_core.train.both_stages import STAGE_DIRS
 
     run_dir = os.fspath(run_dir)
     title = os.path.basename(run_dir.rstrip(os.sep))

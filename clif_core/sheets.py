@@ -6,15 +6,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+
+def load_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at `size` px (the fixed bitmap font on Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def labelled_grid(rows: Sequence[tuple[str, Sequence[Any]]], columns: Sequence[str] = (), cell: int = 64,
                   label_width: int = 150, pad: int = 2) -> Image.Image:
     """Images (PIL or uint8 arrays) in rows, each row labelled on the left, optional column titles on top.
     The text grows with cells larger than 132 px (11 px below)."""
-    from .augment.preview import load_font
-
     size = max(11, cell // 12)
     font, line_height = load_font(size), size + 1
     n_cols = max(len(images) for _, images in rows)

@@ -386,7 +386,7 @@ class Augment(io.ComfyNode):
                 segmenter=None, base_model=None) -> io.NodeOutput:
         import folder_paths
 
-        from clif_core.augment.common import lazy_model_generator, resolve_common
+        from clif_core.augment.common_concepts import lazy_model_generator, resolve_common
         from clif_core.augment.compose import AugmentConfig
         from clif_core.augment.dataset import build_dataset, load_dataset, preview_grid
         from clif_core.augment.fallback import FallbackSegmenter

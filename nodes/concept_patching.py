@@ -43,7 +43,7 @@ def apply_concept_file(model, clip, concept_file, strength_model: float, strengt
     """(MODEL, CLIP) with the concept file's LoRA and token embeddings applied; inputs are untouched."""
     import comfy.sd
 
-    from clif_core.concepts.file_format import validate
+    from clif_core.concepts.checks import validate
     from clif_core.validation import check_strength
 
     where = f"concept file {concept_file.display_title()!r}"

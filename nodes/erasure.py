@@ -34,7 +34,7 @@ def _plain_name(value: str, what: str, suffix: str = "") -> str:
 
 def _is_patch(path: str) -> bool:
     """Whether a file in models/clif_concepts is an erasure patch (its header says so; cached by mtime)."""
-    from clif_core.concepts.file_format import read_header
+    from clif_core.concepts.header import read_header
     from clif_core.errors import ClifError
 
     state = file_state(path)

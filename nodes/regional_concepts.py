@@ -48,7 +48,7 @@ class ApplyConceptsRegional(io.ComfyNode):
                 region_strength: float, region_masks=None, **slots) -> io.NodeOutput:
         import comfy.sd
 
-        from clif_core.concepts.file_format import validate
+        from clif_core.concepts.checks import validate
         from clif_core.errors import ClifError
         from clif_core.sample.isolation import check_bound_tokens
         from clif_core.validation import check_strength

@@ -219,9 +219,9 @@ class TrainConcepts(io.ComfyNode):
     @classmethod
     def execute(cls, clif_base, dataset: str, clip_vision: str, run_name: str, restart: bool,
                 **inputs) -> io.NodeOutput:
+        from clif_core.train.both_stages import train_concepts
         from clif_core.train.contrastive import ContrastiveConfig
         from clif_core.train.decoder import DecoderConfig
-        from clif_core.train.stages import train_concepts
 
         from .comfy_adapter import train_with
 
@@ -270,7 +270,7 @@ class LossPlot(io.ComfyNode):
         from pathlib import Path
 
         from clif_core.runs import loss_curves
-        from clif_core.train.curve import draw_loss_curve, read_loss_csv
+        from clif_core.training.curve import draw_loss_curve, read_loss_csv
 
         from .comfy_adapter import pil_to_image
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from clif_core.augment import cli as augment_cli
-from clif_core.augment.common import (
+from clif_core.augment.common_concepts import (
     CommonConcept,
     generate_common,
     load_common_folder,
@@ -355,7 +355,7 @@ def test_fingerprint_is_only_asked_for_when_a_word_must_be_generated(tmp_path):
 
 
 def test_lazy_model_generator_loads_the_model_only_when_needed_and_draws_with_the_sampler():
-    from clif_core.augment.common import lazy_model_generator
+    from clif_core.augment.common_concepts import lazy_model_generator
     from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 
     loads: list[int] = []

@@ -189,7 +189,7 @@ def _erase_config(**changes):
 
 
 def _loop(**changes):
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     return LoopConfig(**changes)
 
@@ -429,7 +429,7 @@ RUN_FILES = {"list": b"[]", "not-utf8": b"\xff\xfe", "not-json": b"{", "recipe-l
 
 @pytest.mark.parametrize("content", sorted(RUN_FILES))
 def test_a_damaged_run_json_is_named(tmp_path, content):
-    from clif_core.train.run_folder import RunFolder
+    from clif_core.training.run_folder import RunFolder
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_bytes(RUN_FILES[content])

@@ -15,8 +15,8 @@ from clif_core.concepts.file_format import load_concept_file
 from clif_core.erase.config import EraseConfig, EraseTarget
 from clif_core.erase.trainer import erase_concepts
 from clif_core.models.loader import load_base_model
-from clif_core.train.checkpoint import list_checkpoints
-from clif_core.train.loop import LoopConfig
+from clif_core.training.checkpoint import list_checkpoints
+from clif_core.training.loop import LoopConfig
 from tests.comfyui.rig import ExecutionFailed, ExecutionInterrupted
 from tests.test_erase_train import single_thread
 

@@ -15,8 +15,8 @@ from PIL import Image
 from clif_core.concepts.file_format import load_concept_file
 from clif_core.models.loader import load_base_model
 from clif_core.models.tiny import build_tiny_vision_tower
-from clif_core.train.checkpoint import list_checkpoints
 from clif_core.train.vision import save_vision_tower_file
+from clif_core.training.checkpoint import list_checkpoints
 from tests.comfyui.rig import ExecutionInterrupted
 from tests.test_comfy_concept_nodes import documented_nodes
 from tests.test_train_data import make_dataset

@@ -15,17 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from clif_core.concepts import lora_keys
+from clif_core.concepts.checks import check_compatible
 from clif_core.concepts.file_format import (
     FORMAT_NAME,
-    MAX_HEADER_BYTES,
-    MAX_METADATA_BYTES,
     ConceptEntry,
     ConceptFile,
-    check_compatible,
     load_concept_file,
-    make_thumbnail,
     save_concept_file,
 )
+from clif_core.concepts.header import MAX_HEADER_BYTES, MAX_METADATA_BYTES
+from clif_core.concepts.thumbnail import make_thumbnail
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model
 

@@ -20,7 +20,7 @@ from clif_core.erase.pool import load_pool, pool_key
 from clif_core.erase.trainer import POOL_FILE, EraseTask, _pool_recipe, erase_concepts
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
-from clif_core.train.loop import LoopConfig
+from clif_core.training.loop import LoopConfig
 
 RESOLUTION = 32  # the tiny VAE halves: 16×16 latents keep the runs to seconds
 

@@ -24,8 +24,8 @@ from clif_core.concepts.file_format import save_concept_file
 from clif_core.errors import ClifError
 from clif_core.fileio import atomic_dir, filesystem_errors, in_use, save_safetensors_atomic, write_text_atomic
 from clif_core.models.tiny import build_tiny_model
-from clif_core.train.checkpoint import list_checkpoints, load_checkpoint
-from clif_core.train.loop import WEIGHT_CHECK_EVERY
+from clif_core.training.checkpoint import list_checkpoints, load_checkpoint
+from clif_core.training.loop import WEIGHT_CHECK_EVERY
 from tests.comfyui.rig import REPO_ROOT
 from tests.test_augment_dataset import _figure
 from tests.test_bad_input import run_cli, snapshot

@@ -20,7 +20,7 @@ from clif_core.options import option_of
 from clif_core.sample.config import Region, SampleConfig
 from clif_core.train.contrastive import ContrastiveConfig
 from clif_core.train.decoder import DecoderConfig
-from clif_core.train.loop import LoopConfig
+from clif_core.training.loop import LoopConfig
 
 PROBE = Path(__file__).parent / "comfyui" / "schema_probe.py"
 

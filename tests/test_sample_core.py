@@ -13,6 +13,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from clif_core.concepts.apply import apply_concepts
 from clif_core.errors import Cancelled, ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
+from clif_core.models.vae import vae_factor
 from clif_core.progress import Reporter
 from clif_core.sample.config import SCHEDULERS, SampleConfig
 from clif_core.sample.sampler import (
@@ -20,7 +21,6 @@ from clif_core.sample.sampler import (
     image_size,
     make_generate,
     sample,
-    vae_scale_factor,
 )
 from clif_core.sample.schedulers import make_scheduler
 from tests.test_concept_file import make_concept_file
@@ -203,9 +203,9 @@ def test_progress_and_previews_reach_the_reporter(sd1):
 
 
 def test_sizes_follow_the_vae_factor(sd1):
-    assert vae_scale_factor(sd1.vae) == 2
+    assert vae_factor(sd1) == 2
     published = SimpleNamespace(config=SimpleNamespace(block_out_channels=[128, 256, 512, 512]))
-    assert vae_scale_factor(published) == 8
+    assert vae_factor(SimpleNamespace(vae=published)) == 8
     assert image_size(sd1, SampleConfig("x")) == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)  # native size
     result = sample(sd1, SampleConfig(PROMPT, steps=1, width=48, height=34))
     assert result.images[0].size == (48, 34) and tuple(result.latents.shape[-2:]) == (17, 24)

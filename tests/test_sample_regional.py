@@ -10,6 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from clif_core.errors import ClifError
+from clif_core.models.prompts import encode_prompt
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
 from clif_core.sample.config import Region, SampleConfig
 from clif_core.sample.regional import (
@@ -20,7 +21,6 @@ from clif_core.sample.regional import (
     region_weights,
 )
 from clif_core.sample.sampler import sample
-from clif_core.sample.text import encode_prompt
 from tests.test_concept_file import make_concept_file
 
 LEFT, RIGHT = "a red apple", "a blue car"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from clif_core.augment.common import CommonConcept
+from clif_core.augment.common_concepts import CommonConcept
 from clif_core.augment.compose import AugmentConfig
 from clif_core.augment.dataset import build_dataset, load_dataset
 from clif_core.augment.fallback import FallbackSegmenter

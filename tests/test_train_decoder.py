@@ -14,12 +14,12 @@ from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.concepts.lora_keys import lora_modules
 from clif_core.errors import Cancelled, ClifError
 from clif_core.models.loader import load_base_model
+from clif_core.models.prompts import unet_conditioning
 from clif_core.progress import Reporter
 from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import DecoderConfig, train_decoder
-from clif_core.train.loop import LoopConfig
-from clif_core.train.run_folder import RunFolder
-from clif_core.train.text import unet_conditioning
+from clif_core.training.loop import LoopConfig
+from clif_core.training.run_folder import RunFolder
 from tests.test_train_contrastive import snapshot
 from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
 

@@ -23,7 +23,7 @@ from clif_core.train import decoder
 from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import train_decoder
 from clif_core.train.leakage import PreviewPrompt, leakage_prompts
-from clif_core.train.loop import LoopConfig
+from clif_core.training.loop import LoopConfig
 from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
 from tests.test_train_decoder import stage2_config
 

@@ -12,10 +12,11 @@ from PIL import Image
 
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
-from clif_core.train.checkpoint import list_checkpoints, load_checkpoint
-from clif_core.train.curve import draw_loss_curve, read_loss_csv
-from clif_core.train.loop import LoopConfig, ParamGroup, make_accelerator, run_training
-from clif_core.train.run_folder import RunFolder
+from clif_core.training.checkpoint import list_checkpoints, load_checkpoint
+from clif_core.training.curve import draw_loss_curve, read_loss_csv
+from clif_core.training.loop import LoopConfig, ParamGroup, run_training
+from clif_core.training.precision import make_accelerator
+from clif_core.training.run_folder import RunFolder
 
 N = 24
 

@@ -80,7 +80,7 @@ def _segmenter(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..cli import tqdm_reporter
     from ..concepts.spec import load_concept_folder
-    from .common import resolve_common
+    from .common_concepts import resolve_common
     from .compose import AugmentConfig
     from .dataset import build_dataset
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         generate, fingerprint = None, ""
         if args.base_model:
             from ..models.loader import load_base_model
-            from .common import lazy_model_generator
+            from .common_concepts import lazy_model_generator
 
             generate, fingerprint = lazy_model_generator(
                 lambda: load_base_model(args.base_model), steps=args.common_steps, reporter=reporter

@@ -22,7 +22,7 @@ from PIL import Image
 from ..concepts.spec import Concept
 from ..errors import ClifError
 from ..options import AUGMENT
-from .common import CommonConcept
+from .common_concepts import CommonConcept
 from .segment import Segmentation, mask_box
 
 KINDS = ("G", "R", "M", "single")

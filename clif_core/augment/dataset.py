@@ -31,8 +31,9 @@ from ..concepts.spec import Concept, validate_concepts
 from ..errors import ClifError
 from ..fileio import atomic_dir
 from ..progress import SILENT, Reporter
+from ..sheets import load_font
 from ..validation import field_of, inside_folder, parse_json, read_json
-from .common import CommonConcept
+from .common_concepts import CommonConcept
 from .compose import (
     AugmentConfig,
     Composite,
@@ -41,8 +42,7 @@ from .compose import (
     compose,
     plan_size,
 )
-from .preview import load_font
-from .segment import Segmenter, segment_concept_image, segment_whole
+from .segment import Segmentation, Segmenter, segment_concept_image, segment_whole
 
 FORMAT = "clif-augmented-dataset"
 VERSION = 1
@@ -198,14 +198,34 @@ def build_dataset(
         raise ClifError(f"{out} exists and is not a dataset folder (no manifest.json); it is left alone. Choose another folder.")
 
     n_pictures = sum(len(c.images) for c in concepts) + sum(len(c.images) for c in common)
-    total = n_pictures + plan_size(config)
-    step = 0
+    tick = _Ticker(reporter, n_pictures + plan_size(config))
+    segs = _segment_concepts(concepts, segmenter, config, reporter, tick)
+    common_masks = _segment_common(common, segmenter, reporter, tick)
+    bank = ItemBank.build(concepts, segs, common, common_masks, config.templates, config.resolution)
+    check_requirements(config, concepts, bank)
 
-    def tick(preview: Optional[Image.Image] = None) -> None:
-        nonlocal step
-        step += 1
-        reporter.progress(step, total, preview)
+    with atomic_dir(out) as tmp:
+        counts, n_samples = _write_samples(tmp, bank, config, reporter, tick)
+        manifest = _manifest(concepts, segs, common, config, segmenter, counts, n_samples, key)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    reporter.log(f"wrote {n_samples} samples ({', '.join(f'{k}: {v}' for k, v in counts.items())}) to {out}")
+    return out
 
+
+class _Ticker:
+    """Progress over the whole build: one step per segmented picture, then one per sample."""
+
+    def __init__(self, reporter: Reporter, total: int):
+        self.reporter, self.total, self.step = reporter, total, 0
+
+    def __call__(self, preview: Optional[Image.Image] = None) -> None:
+        self.step += 1
+        self.reporter.progress(self.step, self.total, preview)
+
+
+def _segment_concepts(concepts: Sequence[Concept], segmenter: Segmenter, config: AugmentConfig,
+                      reporter: Reporter, tick: _Ticker) -> list[list[Segmentation]]:
+    """Every concept picture segmented into the concept and its parts, a note where the part count differs."""
     segs = []
     for c in concepts:
         per = []
@@ -220,6 +240,12 @@ def build_dataset(
             per.append(seg)
             tick()
         segs.append(per)
+    return segs
+
+
+def _segment_common(common: Sequence[CommonConcept], segmenter: Segmenter, reporter: Reporter,
+                    tick: _Ticker) -> list[list]:
+    """The mask of every common-concept picture (the whole picture where a generated one fails)."""
     common_masks = []
     for cc in common:
         masks = []
@@ -228,43 +254,48 @@ def build_dataset(
             masks.append(segment_whole(img, m, src, segmenter, whole_on_failure=cc.generated, reporter=reporter))
             tick()
         common_masks.append(masks)
-    bank = ItemBank.build(concepts, segs, common, common_masks, config.templates, config.resolution)
-    check_requirements(config, concepts, bank)
+    return common_masks
 
-    with atomic_dir(out) as tmp:
-        (tmp / SPLIT / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
-        lines = []
-        counts = {k: 0 for k in config.counts()}
-        for index, comp in enumerate(compose(bank, config)):
-            reporter.check_cancel()
-            lines.append(json.dumps(_write_sample(tmp, index, comp).to_json(), ensure_ascii=False, sort_keys=True))
-            counts[comp.kind] += 1
-            tick(comp.image)
-        (tmp / SPLIT / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "seed": config.seed,
-            "config": config.to_dict(),
-            "segmenter": segmenter.describe(),
-            "concepts": [
-                {
-                    "name": c.name, "token": c.token, "class_word": c.class_word, "parts": list(c.parts),
-                    "part_names": sorted({n for s in seg for n in s.part_names}),
-                    "images": [Path(s).name for s in c.sources],
-                }
-                for c, seg in zip(concepts, segs)
-            ],
-            "common": [{"word": cc.word, "images": len(cc.images)} for cc in common],
-            "counts": counts,
-            "n_samples": len(lines),
-            "split": SPLIT,
-            "input_key": key,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    reporter.log(f"wrote {len(lines)} samples ({', '.join(f'{k}: {v}' for k, v in counts.items())}) to {out}")
-    return out
+
+def _write_samples(tmp: Path, bank: ItemBank, config: AugmentConfig, reporter: Reporter,
+                   tick: _Ticker) -> tuple[dict[str, int], int]:
+    """Compose and write every sample and metadata.jsonl into `tmp`; (samples per kind, total)."""
+    (tmp / SPLIT / "images").mkdir(parents=True)
+    (tmp / "masks").mkdir()
+    lines = []
+    counts = {k: 0 for k in config.counts()}
+    for index, comp in enumerate(compose(bank, config)):
+        reporter.check_cancel()
+        lines.append(json.dumps(_write_sample(tmp, index, comp).to_json(), ensure_ascii=False, sort_keys=True))
+        counts[comp.kind] += 1
+        tick(comp.image)
+    (tmp / SPLIT / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return counts, len(lines)
+
+
+def _manifest(concepts: Sequence[Concept], segs: list[list[Segmentation]], common: Sequence[CommonConcept],
+              config: AugmentConfig, segmenter: Segmenter, counts: dict[str, int], n_samples: int,
+              key: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "segmenter": segmenter.describe(),
+        "concepts": [
+            {
+                "name": c.name, "token": c.token, "class_word": c.class_word, "parts": list(c.parts),
+                "part_names": sorted({n for s in seg for n in s.part_names}),
+                "images": [Path(s).name for s in c.sources],
+            }
+            for c, seg in zip(concepts, segs)
+        ],
+        "common": [{"word": cc.word, "images": len(cc.images)} for cc in common],
+        "counts": counts,
+        "n_samples": n_samples,
+        "split": SPLIT,
+        "input_key": key,
+    }
 
 
 def _write_sample(root: Path, index: int, comp: Composite) -> SampleRecord:

@@ -72,6 +72,7 @@ def merge_regions(labels: np.ndarray, lab: np.ndarray, k: int, same_colour: floa
     Ward's cost n_a·n_b/(n_a+n_b)·|c_a − c_b|² between neighbours: small and similar regions merge first.
     Neighbours whose mean colours are closer than `same_colour` (ΔE) merge even below k parts, so a
     one-colour garment is not cut in pieces. Islands merge with the nearest centroid when needed.
+    (Over 60 lines: one agglomerative loop whose state, the region graph, its sizes and colours, is shared.)
     """
     ids = [int(i) for i in np.unique(labels) if i > 0]
     if not ids:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..concepts.spec import Concept
+from ..sheets import load_font
 from .segment import Segmentation
 
 # Distinct, readable part colours (Tableau 10); parts beyond ten reuse them.
@@ -19,13 +20,6 @@ PART_COLOURS = [
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 ]
 _MASK_COLOUR = (230, 60, 60)
-
-
-def load_font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _fit(image: Image.Image, cell: int) -> tuple[Image.Image, float]:

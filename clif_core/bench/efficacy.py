@@ -230,7 +230,7 @@ def run_dir_of(pair_dir: Path, method: str, run: int) -> Path:
 
 def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: Any, characters: Any, work: Path,
              reporter: Reporter) -> PairRun:
-    from clif_core.augment.common import resolve_common
+    from clif_core.augment.common_concepts import resolve_common
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate, sample
     from clif_core.sandbox.characters import character_concept
@@ -311,6 +311,8 @@ def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[st
 
 def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairRun],
            table: dict[str, dict[str, Estimate]], seconds: float) -> dict[str, Path]:
+    """The report files (results JSON, markdown, grids). Over 60 lines: the report's layout written top to
+    bottom, one section after the other."""
     from clif_core.fileio import write_text_atomic
 
     from ..sheets import labelled_grid

@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 
 from .stats import NOT_MEASURED, Estimate, bootstrap
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 METHODS = ("all-but-one", "esd-lora", "esd-x")
 METHOD_TITLES = {
@@ -362,7 +365,7 @@ class ErasureRun:
     recovery: list[Any] = field(default_factory=list)  # recovery.Recovery per attacked target
 
 
-def sample_images(base: Any, prompts: list[str], d: ErasureSize, seed: int, patch: Any = None) -> np.ndarray:
+def sample_images(base: BaseModel, prompts: list[str], d: ErasureSize, seed: int, patch: Any = None) -> np.ndarray:
     """One image per prompt (image i from seed `seed + i`), with a concept file or erasure patch applied."""
     from clif_core.concepts.apply import apply_concepts
     from clif_core.sandbox.prompt_following import generate
@@ -378,12 +381,12 @@ def sample_images(base: Any, prompts: list[str], d: ErasureSize, seed: int, patc
             applied.remove()
 
 
-def erase(erasure: Erasure, method: str, base: Any, characters: Any, config: EraseBenchConfig, work: Path,
+def erase(erasure: Erasure, method: str, base: BaseModel, characters: Any, config: EraseBenchConfig, work: Path,
           reporter: Reporter = SILENT) -> Any:
     """One erasure run (every target of `erasure` at once); returns the patch (a ConceptFile)."""
     from clif_core.erase.config import EraseConfig, EraseTarget
     from clif_core.erase.trainer import erase_concepts
-    from clif_core.train.loop import LoopConfig
+    from clif_core.training.loop import LoopConfig
 
     d = config.dims
     name, params = _METHOD_CONFIG[method]
@@ -486,6 +489,8 @@ def run_erasure_bench(config: EraseBenchConfig, reporter: Reporter = SILENT) -> 
 
 def _write(config: EraseBenchConfig, characters: Any, model: Any, runs: list[ErasureRun],
            table: dict[str, dict[str, dict[str, Estimate]]], seconds: float) -> dict[str, Path]:
+    """The report files (results JSON, markdown, grids). Over 60 lines: the report's layout written top to
+    bottom, one section after the other."""
     from clif_core.fileio import write_text_atomic
 
     from ..sheets import labelled_grid

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from clif_core.progress import Reporter
 
 from .stats import NOT_MEASURED, Estimate, bootstrap
 from .training import Recipe, build_sets, train_stages
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 ATTACKS = (("ti", "textual inversion"), ("clif", "CLIF training (stage 1 + 2)"))
 _STAGES = {"ti": ("tokens", "plain"), "clif": ("clif", "augmented")}
@@ -83,7 +86,7 @@ def common_words(avoid: Sequence[Any], characters: Any, n: int = 2) -> list[str]
 
 
 @contextlib.contextmanager
-def _model(base: Any, patch: Any) -> Iterator[Any]:
+def _model(base: BaseModel, patch: Any) -> Iterator[Any]:
     """The original model (`patch` None) or the erased one: the patch merged into the weights."""
     from clif_core.erase.patch import merged
 
@@ -100,7 +103,7 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
     training sets and runs go to `work`, the common objects (drawn by the original model) to `cache`."""
     import time
 
-    from clif_core.augment.common import resolve_common
+    from clif_core.augment.common_concepts import resolve_common
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate
 

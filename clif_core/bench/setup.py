@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from clif_core.errors import ClifError
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 
 @dataclass
 class BenchModel:
-    base: Any
+    base: BaseModel
     vision: Path
     note: str  # what the report says about the model (its quality record when there is one)
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 STAGES = ("tokens", "decoder", "clif")  # textual inversion, decoder-only (stage 2 alone), CLIF (stage 1 + 2)
 SET_KINDS = ("plain", "augmented", "no-global", "no-region", "no-mix")
@@ -89,16 +92,16 @@ def build_sets(concepts: Sequence[Any], root: Path, counts: tuple[int, int, int,
             for kind in sorted(kinds)}
 
 
-def train_stages(stages: str, base: Any, vision: Path, dataset: Path, run_dir: Path, recipe: Recipe,
+def train_stages(stages: str, base: BaseModel, vision: Path, dataset: Path, run_dir: Path, recipe: Recipe,
                  reporter: Reporter = SILENT) -> Any:
     """Train with one recipe of STAGES at `recipe`'s budget; returns the concept file.
 
     "tokens" is textual inversion: the decoder stage with the LoRA's learning rate 0 (peft starts LoRA B at
     zero, so the LoRA adds exactly nothing and only the token rows learn, at the same compute per step)."""
+    from clif_core.train.both_stages import train_concepts
     from clif_core.train.contrastive import ContrastiveConfig
     from clif_core.train.decoder import DecoderConfig, train_decoder
-    from clif_core.train.loop import LoopConfig
-    from clif_core.train.stages import train_concepts
+    from clif_core.training.loop import LoopConfig
 
     if stages not in STAGES:
         raise ClifError(f"unknown training recipe {stages!r}; use one of {', '.join(STAGES)}")

@@ -8,7 +8,9 @@
   UNet, transformers' `load_adapter` for text encoders) with keys and ranks/alphas mapped exactly by
   `lora_keys.to_peft`, and weighted by the file's strength.
 `AppliedConcepts.remove()` (or leaving its `with` block) puts back the original tokenizer objects, the
-original embedding modules and removes the peft layers, so the base computes bit-identically to before.
+original embedding modules and removes exactly the adapters it added (`AppliedConcepts.adapters`; the peft
+layers go with the last adapter of a module), so the base computes bit-identically to before. Adapters that
+another owner added meanwhile (a LoRA being trained) are that owner's to remove.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import logging
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from clif_core.errors import ClifError
+from clif_core.models.adapters import has_peft, remove_adapters
 from clif_core.validation import check_strength
 
 from . import lora_keys
-from .file_format import ConceptFile, WarnFn, check_compatible, validate
+from .checks import check_compatible, validate
+from .file_format import ConceptFile, WarnFn
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -68,37 +75,28 @@ def expand_prompt(prompt: str, tokens: Mapping[str, Sequence[str]]) -> str:
     return prompt
 
 
-def adapter_name(index: int) -> str:
-    """The peft adapter name of the `index`-th file given to `apply_concepts`."""
+def _adapter_name(index: int) -> str:
     return f"clif_{index}"
-
-
-def _has_peft(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, "_hf_peft_config_loaded", False)) or hasattr(module, "peft_config")
-
-
-def _remove_peft(module: torch.nn.Module) -> None:
-    """Strip every peft layer (restoring the original modules) and the peft bookkeeping diffusers adds."""
-    from diffusers.utils import recurse_remove_peft_layers
-
-    recurse_remove_peft_layers(module)
-    if hasattr(module, "peft_config"):
-        del module.peft_config
-    if hasattr(module, "_hf_peft_config_loaded"):
-        module._hf_peft_config_loaded = None
 
 
 @dataclass
 class AppliedConcepts:
-    """The concepts applied to `base`. `tokens` maps each placeholder to its vector tokens."""
+    """The concepts applied to `base`. `tokens` maps each placeholder to its vector tokens; `adapters` names
+    the peft adapters this application added (with their strengths), `file_adapters` which file each came from
+    (index in the list given to `apply_concepts`). It removes exactly these, and the tokens, again."""
 
-    base: Any
+    base: BaseModel
     tokens: dict[str, list[str]]
     adapters: dict[str, float]  # adapter name → strength
+    file_adapters: dict[int, str] = field(default_factory=dict)  # file index → adapter name
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def expand_prompt(self, prompt: str) -> str:
         return expand_prompt(prompt, self.tokens)
+
+    def adapter_of(self, index: int) -> Optional[str]:
+        """The adapter of the `index`-th file, or None when it added none (no LoRA, or strength 0)."""
+        return self.file_adapters.get(index)
 
     def remove(self) -> None:
         """Restore the base model exactly as it was before `apply_concepts` (idempotent)."""
@@ -135,7 +133,7 @@ def _extended_tokenizer(tokenizer: Any, new_tokens: list[str], where: str) -> An
     return copies[key]
 
 
-def _add_tokens(base: Any, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
+def _add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
     for slot in base.text:
         tokenizer, encoder = slot.tokenizer, slot.encoder
         vocab = tokenizer.get_vocab()
@@ -187,42 +185,42 @@ def _add_tokens(base: Any, files: Sequence[ConceptFile], applied: AppliedConcept
         applied._undo.append(undo)
 
 
-def _load_loras(base: Any, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
+def _load_loras(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
     from peft import LoraConfig
 
     family = base.family
     components: list[tuple[Any, str, str]] = [(base.unet, "unet", lora_keys.UNET_PREFIX)]
     components += [(base.slot(k.name).encoder, k.component, k.kohya_prefix) for k in lora_keys.text_keys(family)]
-    busy = [name for module, name, _ in components if _has_peft(module)]
+    busy = [name for module, name, _ in components if has_peft(module)]
     if busy:
         raise ClifError(
             f"the base model's {', '.join(busy)} already carries LoRA adapters; apply concepts to a base without "
             "adapters (remove() the earlier AppliedConcepts, or pass all concept files in one call)"
         )
-    for module, _, _ in components:
-        applied._undo.append(lambda module=module: _remove_peft(module) if _has_peft(module) else None)
-
     per_component: dict[str, tuple[list[str], list[float]]] = {name: ([], []) for _, name, _ in components}
+    for module, name, _ in components:  # this application's adapters, also those a failed load left half-made
+        applied._undo.append(lambda module=module, names=per_component[name][0]: remove_adapters(module, names))
     for i, (cf, strength) in enumerate(files):
         if strength == 0 or not (cf.unet_lora or cf.text_lora):
             continue
-        adapter = adapter_name(i)
+        adapter = _adapter_name(i)
         applied.adapters[adapter] = float(strength)
+        applied.file_adapters[i] = adapter
         for module, name, kohya_prefix in components:
             source = cf.unet_lora if kohya_prefix == lora_keys.UNET_PREFIX else {
                 k: v for k, v in cf.text_lora.items() if k.startswith(kohya_prefix + "_")
             }
             if not source:
                 continue
+            per_component[name][0].append(adapter)
+            per_component[name][1].append(float(strength))
             state_dict, config = lora_keys.to_peft(source, module, kohya_prefix)
             if name == "unet":  # diffusers' loader: peft keys are taken as they are, config as given
                 module.load_lora_adapter(state_dict, prefix=None, adapter_name=adapter, metadata=config)
             else:  # transformers' peft integration, which diffusers' own text-encoder loader calls
                 module.load_adapter(adapter_name=adapter, adapter_state_dict=state_dict,
                                     peft_config=LoraConfig(**config))
-            per_component[name][0].append(adapter)
-            per_component[name][1].append(float(strength))
     for module, name, _ in components:
         names, weights = per_component[name]
         if names:
@@ -230,7 +228,7 @@ def _load_loras(base: Any, files: Sequence[tuple[ConceptFile, float]], applied: 
 
 
 def apply_concepts(
-    base: Any, files: Sequence[tuple[ConceptFile, float]], warn: Optional[WarnFn] = None
+    base: BaseModel, files: Sequence[tuple[ConceptFile, float]], warn: Optional[WarnFn] = None
 ) -> AppliedConcepts:
     """Apply concept files (each with a LoRA strength) to `base` (a BaseModel); undo with `.remove()`.
 

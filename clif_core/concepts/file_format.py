@@ -7,6 +7,10 @@ Tensors:
 Metadata (safetensors string metadata): `clif.*` keys (format, version, concepts, base model, recipe)
 and `modelspec.*` keys (sai_model_spec 1.0.0, architecture, title, thumbnail).
 
+This module is the format: the in-memory concept set, its tensors and metadata, and save_concept_file /
+load_concept_file (the documented entry points). Beside it: `checks` (validation, and the checks against a
+base model), `header` (reading a safetensors header safely), `thumbnail` (the preview picture).
+
 The same file loads in ComfyUI's stock LoraLoader (which ignores the embeddings with a log line) and,
 through `clif_core.concepts.apply` or the exports, in diffusers.
 """
@@ -14,23 +18,24 @@ through `clif_core.concepts.apply` or the exports, in diffusers.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 
 from clif_core.errors import ClifError
 from clif_core.fileio import save_safetensors_atomic
-from clif_core.validation import check_tensors
 
 from . import lora_keys
+from .header import MAX_METADATA_BYTES, metadata_size, read_header, read_tensors
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +43,8 @@ FORMAT_NAME = "clif.concepts"
 FORMAT_VERSION = 1
 KINDS = ("concepts", "erasure")
 
-MAX_HEADER_BYTES = 16 * 1024 * 1024
-"""Largest safetensors JSON header read (an SDXL LoRA on every supported module needs well under 1 MiB)."""
-MAX_METADATA_BYTES = 1024 * 1024
-"""Largest total size of the string metadata (keys + values): recipe, concept list, thumbnail."""
-MAX_THUMBNAIL_BYTES = 256 * 1024
-"""Largest thumbnail PNG; a 256x256 image is typically 50-150 KiB."""
 
 EMBEDDING_PREFIX = "bundle_emb."
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # modelspec architecture ids as kohya-ss sd-scripts writes them (sai_model_spec 1.0.0).
 _ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -142,143 +140,6 @@ class ConceptFile:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ validation
-
-
-def validate(cf: ConceptFile, where: str) -> None:
-    """Structural checks that need no base model; `where` names the file or object in messages."""
-    if cf.kind not in KINDS:
-        raise ClifError(f"{where}: kind {cf.kind!r} is not one of {', '.join(KINDS)}")
-    encoders = [k.name for k in lora_keys.text_keys(cf.base_family)]
-    if sorted(cf.encoder_widths) != sorted(encoders):
-        raise ClifError(
-            f"{where}: encoder widths are given for {sorted(cf.encoder_widths)} but a {cf.base_family} model has "
-            f"the text encoders {encoders}"
-        )
-    for name, width in cf.encoder_widths.items():
-        if not isinstance(width, int) or width <= 0:
-            raise ClifError(f"{where}: encoder width of {name} is {width!r}; it must be a positive integer")
-    seen_names: dict[str, str] = {}
-    seen_tokens: set[str] = set()
-    for c in cf.concepts:
-        label = f"{where}: concept {c.name!r}"
-        if not c.token or any(ch.isspace() for ch in c.token):
-            raise ClifError(f"{label}: placeholder token {c.token!r} must be one word without spaces, e.g. '<alice>'")
-        if c.token in seen_tokens:
-            raise ClifError(f"{label}: placeholder token {c.token!r} is used by two concepts; give each its own")
-        seen_tokens.add(c.token)
-        word = c.embedding_name
-        if word in seen_names:
-            raise ClifError(
-                f"{label}: its name gives the embedding name {word!r}, the same as concept {seen_names[word]!r}; "
-                "rename one of them"
-            )
-        seen_names[word] = c.name
-        if sorted(c.embeddings) != sorted(encoders):
-            raise ClifError(
-                f"{label}: embeddings are given for {sorted(c.embeddings)} but a {cf.base_family} model needs one "
-                f"per text encoder: {encoders}"
-            )
-        counts = set()
-        for enc, emb in c.embeddings.items():
-            if emb.dim() != 2 or emb.shape[0] < 1 or emb.shape[1] != cf.encoder_widths[enc]:
-                raise ClifError(
-                    f"{label}: the {enc} embedding has shape {list(emb.shape)}; expected [k, {cf.encoder_widths[enc]}]"
-                    " with k ≥ 1 vectors"
-                )
-            counts.add(int(emb.shape[0]))
-        if len(counts) > 1:
-            raise ClifError(f"{label}: encoders have different vector counts {sorted(counts)}; use the same k for all")
-    check_tensors(to_tensors(cf), where)
-    _check_kind_metadata(cf, where)
-    lora_keys.check_lora_structure(cf.unet_lora, f"{where} (UNet LoRA)")
-    lora_keys.check_targets(cf.unet_lora, lora_keys.UNET_PREFIX, lora_keys.UNET_LORA_TARGETS, f"{where} (UNet LoRA)")
-    lora_keys.check_lora_structure(cf.text_lora, f"{where} (text LoRA)")
-    prefixes = [k.kohya_prefix for k in lora_keys.text_keys(cf.base_family)]
-    for module in lora_keys.lora_modules(cf.text_lora):
-        if not any(module.startswith(p + "_text_model_") for p in prefixes):
-            raise ClifError(
-                f"{where} (text LoRA): module {module} does not start with one of "
-                f"{', '.join(p + '_' for p in prefixes)} as a {cf.base_family} text LoRA must"
-            )
-    for prefix in prefixes:
-        part = {k: v for k, v in cf.text_lora.items() if k.startswith(prefix + "_")}
-        lora_keys.check_targets(part, prefix, lora_keys.TEXT_LORA_TARGETS, f"{where} (text LoRA)")
-        modules = lora_keys.lora_modules(part)
-        if any(m.endswith(("_q_proj", "_k_proj", "_v_proj")) for m in modules) and \
-                not any(m.endswith("_out_proj") for m in modules):
-            raise ClifError(
-                f"{where} (text LoRA): {prefix}_ adapts q/k/v_proj but no out_proj; diffusers' load_lora_weights "
-                "then skips or refuses those modules. Include out_proj (lora_keys.TEXT_LORA_TARGETS has all six)"
-            )
-    if cf.thumbnail is not None:
-        if not cf.thumbnail.startswith(PNG_MAGIC):
-            raise ClifError(f"{where}: the thumbnail is not a PNG image; pass PNG bytes (see make_thumbnail)")
-        if len(cf.thumbnail) > MAX_THUMBNAIL_BYTES:
-            raise ClifError(
-                f"{where}: the thumbnail is {len(cf.thumbnail) // 1024} KiB; the limit is "
-                f"{MAX_THUMBNAIL_BYTES // 1024} KiB. Use a smaller image (make_thumbnail makes a 256 px one)"
-            )
-
-
-def _check_kind_metadata(cf: ConceptFile, where: str) -> None:
-    """An erasure patch lists what it erases ({"target": str, "alternative": str or null}, at least one) and
-    its optional weight probe is {module: [numbers]}: every loader and the sampler rely on both."""
-    if cf.kind != "erasure":
-        return
-    erased = cf.metadata.get("erased")
-    if not isinstance(erased, list) or not erased:
-        raise ClifError(f"{where}: an erasure patch must list its erased concepts (clif.metadata 'erased'); the file "
-                        "is damaged or was not made by CLIF's erasure")
-    for i, entry in enumerate(erased):
-        if not isinstance(entry, dict) or not isinstance(entry.get("target"), str) \
-                or not isinstance(entry.get("alternative"), (str, type(None))):
-            raise ClifError(f"{where}: entry {i} of clif.metadata 'erased' is not "
-                            "{'target': text, 'alternative': text or null}; the file is damaged")
-    probe = cf.metadata.get("unet_probe", {})
-    if not isinstance(probe, dict) or not all(
-            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-            for v in probe.values()):
-        raise ClifError(f"{where}: clif.metadata 'unet_probe' is not a table of weight values; the file is damaged")
-
-
-def check_compatible(cf: ConceptFile, base: Any, where: str = "concept file") -> list[str]:
-    """Check `cf` against a `BaseModel`; raise ClifError for what cannot work, return warnings for what may.
-
-    Errors: another family, other text encoders, other widths, LoRA modules the base lacks or of another
-    size. Warning only: another base fingerprint, because a concept trained on a base usually works on its
-    fine-tunes (same architecture, similar weights), which is how people use shared LoRAs.
-    """
-    if cf.base_family != base.family:
-        raise ClifError(
-            f"{where} was made for a {cf.base_family} model but the base model is {base.family}; load a "
-            f"{cf.base_family} checkpoint or use concepts trained on this family"
-        )
-    slots = {s.name: s for s in base.text}
-    if sorted(slots) != sorted(cf.encoder_widths):
-        raise ClifError(
-            f"{where} has embeddings for the text encoders {sorted(cf.encoder_widths)} but the base model has "
-            f"{sorted(slots)}"
-        )
-    for name, width in cf.encoder_widths.items():
-        if slots[name].width != width:
-            raise ClifError(
-                f"{where}: its {name} embeddings are {width} wide but the base model's {name} encoder is "
-                f"{slots[name].width} wide; the file was made for a different model size"
-            )
-    lora_keys.check_lora_against(cf.unet_lora, base.unet, lora_keys.UNET_PREFIX, f"{where} (UNet LoRA)")
-    for keys in lora_keys.text_keys(cf.base_family):
-        part = {k: v for k, v in cf.text_lora.items() if k.startswith(keys.kohya_prefix + "_")}
-        lora_keys.check_lora_against(part, slots[keys.name].encoder, keys.kohya_prefix, f"{where} (text LoRA)")
-    warnings = []
-    if cf.base_fingerprint and base.fingerprint and cf.base_fingerprint != base.fingerprint:
-        warnings.append(
-            f"{where} was trained on base {cf.base_fingerprint[:12]} but this base is {base.fingerprint[:12]}; "
-            "it can still work on a fine-tune of the same base, but results may differ"
-        )
-    return warnings
-
-
 # ------------------------------------------------------------------------------------------ metadata
 
 
@@ -316,7 +177,7 @@ def build_metadata(cf: ConceptFile, where: str) -> dict[str, str]:
     }
     if cf.thumbnail is not None:
         meta["modelspec.thumbnail"] = "data:image/png;base64," + base64.b64encode(cf.thumbnail).decode("ascii")
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    size = metadata_size(meta)
     if size > MAX_METADATA_BYTES:
         raise ClifError(
             f"{where}: the metadata would be {size // 1024} KiB; the limit is {MAX_METADATA_BYTES // 1024} KiB. "
@@ -325,7 +186,7 @@ def build_metadata(cf: ConceptFile, where: str) -> dict[str, str]:
     return meta
 
 
-def _loads(meta: Mapping[str, str], key: str, where: str, expected: type) -> Any:
+def metadata_json(meta: Mapping[str, str], key: str, where: str, expected: type) -> Any:
     if key not in meta:
         raise ClifError(f"{where}: metadata {key!r} is missing; the file is damaged or was not written by CLIF")
     try:
@@ -370,32 +231,29 @@ def concept_set_from_metadata(meta: Mapping[str, str], where: str) -> tuple[Conc
         )
     if version < 1:
         raise ClifError(f"{where}: clif.version {version} is not a valid version; the file is damaged")
-    concepts = _loads(meta, "clif.concepts", where, list)
+    concepts = metadata_json(meta, "clif.concepts", where, list)
     for i, c in enumerate(concepts):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("name", "token", "class_word")) \
                 or not isinstance(c.get("vectors"), int):
             raise ClifError(f"{where}: entry {i} of clif.concepts lacks name, token, class_word or vectors")
-    widths = _loads(meta, "clif.encoder_widths", where, dict)
+    widths = metadata_json(meta, "clif.encoder_widths", where, dict)
     cf = ConceptFile(
         concepts=[],
         base_family=_required(meta, "clif.base_family", where),
         encoder_widths=widths,
         base_fingerprint=meta.get("clif.base_fingerprint", ""),
         base_prediction_type=meta.get("clif.base_prediction_type", "epsilon"),
-        recipe=_loads(meta, "clif.recipe", where, dict),
+        recipe=metadata_json(meta, "clif.recipe", where, dict),
         title=meta.get("modelspec.title", ""),
         thumbnail=decode_thumbnail(meta, where),
         kind=_required(meta, "clif.kind", where),
-        metadata=_loads(meta, "clif.metadata", where, dict),
+        metadata=metadata_json(meta, "clif.metadata", where, dict),
     )
     try:
         lora_keys.text_keys(cf.base_family)
     except ClifError as err:
         raise ClifError(f"{where}: metadata 'clif.base_family': {err}") from None
     return cf, concepts
-
-
-# ------------------------------------------------------------------------------------------ save / load
 
 
 def to_tensors(cf: ConceptFile) -> dict[str, torch.Tensor]:
@@ -408,74 +266,28 @@ def to_tensors(cf: ConceptFile) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# ------------------------------------------------------------------------------------------ save / load
+
+
 def save_concept_file(cf: ConceptFile, path: str | os.PathLike) -> Path:
     """Validate and write `cf` atomically as a v1 concept file; returns the path."""
+    from .checks import validate  # checks reads this module's types: imported when used, not at import time
+
     where = str(path)
     validate(cf, where)
     meta = build_metadata(cf, where)
     return save_safetensors_atomic(to_tensors(cf), path, meta)
 
 
-def read_header(path: str | os.PathLike, where: Optional[str] = None) -> dict[str, Any]:
-    """The JSON header of a safetensors file, with its size checked before it is read."""
-    where = where or str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise ClifError(f"{where}: no such file; check the path or the models folder")
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ClifError(f"{where} is not a safetensors file (only {size} bytes); it is empty or truncated")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES:
-            if n > size:
-                raise ClifError(f"{where} is not a safetensors file (a .ckpt, .pt or other format?); "
-                                "concept files are .safetensors written by CLIF")
-            raise ClifError(
-                f"{where}: its header is {n // 1024} KiB, over the {MAX_HEADER_BYTES // 1024} KiB limit for "
-                "concept files; the metadata is oversize (or it is not a concept file)"
-            )
-        if n > size - 8:
-            raise ClifError(f"{where} is truncated or not a safetensors file; copy or export it again")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ClifError(f"{where} is not a safetensors file (its header is not JSON); "
-                        "concept files are .safetensors written by CLIF") from None
-    if not isinstance(header, dict):
-        raise ClifError(f"{where} is not a safetensors file (bad header); concept files are written by CLIF")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ClifError(f"{where}: its metadata is not a string table; the file is damaged")
-    meta_size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
-    if meta_size > MAX_METADATA_BYTES:
-        raise ClifError(
-            f"{where}: its metadata is {meta_size // 1024} KiB, over the {MAX_METADATA_BYTES // 1024} KiB limit; "
-            "the file is not a sane concept file (refused rather than parsed)"
-        )
-    return header
-
-
-def read_tensors(path: str | os.PathLike, where: str) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file (no pickle involved); damage becomes a ClifError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ClifError(f"{where}: its tensors cannot be read ({err}); the file is truncated or damaged") from None
-
-
 def load_concept_file(
-    path: str | os.PathLike, base: Any = None, warn: Optional[WarnFn] = None
+    path: str | os.PathLike, base: Optional[BaseModel] = None, warn: Optional[WarnFn] = None
 ) -> ConceptFile:
     """Read and check a v1 concept file; with `base` (a BaseModel) also check it fits that model.
 
     Fingerprint mismatches are not errors: they go to `warn` (default: this module's logger).
     """
+    from .checks import check_compatible, validate  # see save_concept_file
+
     where = str(path)
     header = read_header(path, where)
     meta = header.get("__metadata__") or {}
@@ -514,7 +326,7 @@ def load_concept_file(
             f"{where}: unexpected tensors {sorted(tensors)[:5]} that concept file v{FORMAT_VERSION} does not "
             "define; the file is damaged or was edited by another tool"
         )
-    counts = _loads(meta, "clif.lora_modules", where, dict)
+    counts = metadata_json(meta, "clif.lora_modules", where, dict)
     found = {"unet": len(lora_keys.lora_modules(cf.unet_lora)), "text": len(lora_keys.lora_modules(cf.text_lora))}
     for part, n in found.items():
         if counts.get(part) != n:
@@ -527,12 +339,3 @@ def load_concept_file(
         for message in check_compatible(cf, base, where):
             (warn or logger.warning)(message)
     return cf
-
-
-def make_thumbnail(image: Any, size: int = 256) -> bytes:
-    """PNG bytes of a PIL image scaled to fit `size` x `size`, for `ConceptFile.thumbnail`."""
-    thumb = image.convert("RGB")
-    thumb.thumbnail((size, size))
-    buf = io.BytesIO()
-    thumb.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
+
+from clif_core.models.prompts import unet_conditioning
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 NULL = 0
 """Index of the unconditional prompt "" in every PromptTable."""
@@ -52,10 +57,8 @@ def unique_prompts(*groups: Sequence[Optional[str]]) -> list[str]:
 
 
 @torch.no_grad()
-def encode_prompts(base: Any, prompts: Sequence[str], size: tuple[int, int]) -> PromptTable:
+def encode_prompts(base: BaseModel, prompts: Sequence[str], size: tuple[int, int]) -> PromptTable:
     """Encode `prompts` with the base's frozen text encoders (SDXL: image `size` (h, w) for the size numbers)."""
-    from clif_core.train.text import unet_conditioning
-
     hidden, added = unet_conditioning(base, list(prompts), base.device, size)
     hidden = hidden.to(base.dtype)
     if added is None:
@@ -63,16 +66,7 @@ def encode_prompts(base: Any, prompts: Sequence[str], size: tuple[int, int]) -> 
     return PromptTable(list(prompts), hidden, added["text_embeds"].to(base.dtype), added["time_ids"][0].to(base.dtype))
 
 
-def native_resolution(base: Any) -> int:
-    """The image size the model was made for: UNet sample size × the VAE's downscale factor."""
-    return int(base.unet.config.sample_size) * vae_factor(base)
-
-
-def vae_factor(base: Any) -> int:
-    return 2 ** (len(base.vae.config.block_out_channels) - 1)
-
-
-def mixed_autocast(base: Any) -> contextlib.AbstractContextManager:
+def mixed_autocast(base: BaseModel) -> contextlib.AbstractContextManager:
     """Autocast to the base's dtype when it is not float32: trained weights are float32 master copies inside
     a half-precision UNet, which only autocast lets run together outside the training loop."""
     if base.dtype == torch.float32:
@@ -80,7 +74,7 @@ def mixed_autocast(base: Any) -> contextlib.AbstractContextManager:
     return torch.autocast(base.device.type, dtype=base.dtype)
 
 
-def unet_predict(base: Any, table: PromptTable, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def unet_predict(base: BaseModel, table: PromptTable, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The UNet's raw prediction (ε or v, the base's prediction type) for latents `x` at timesteps `t`
     (one per row, or a scalar) under prompts `rows`, as float32."""
     if t.dim() == 0:

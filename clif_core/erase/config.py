@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from clif_core.errors import ClifError
 from clif_core.options import ERASE, ERASE_METHODS, ERASE_SUBSETS
-from clif_core.train.loop import LoopConfig
+from clif_core.training.loop import LoopConfig
 from clif_core.validation import check_finite_fields
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 OBJECTIVES = ("all-but-one", "esd")
 METHODS = ERASE_METHODS
@@ -167,7 +170,7 @@ def check_targets(targets: Sequence[EraseTarget], preserve: Sequence[str]) -> No
                 )
 
 
-def unknown_target_warnings(base: Any, targets: Sequence[EraseTarget]) -> list[str]:
+def unknown_target_warnings(base: BaseModel, targets: Sequence[EraseTarget]) -> list[str]:
     """Warnings for targets made only of words the model's tokenizers do not know.
 
     CLIP's byte-level BPE spells any word, so "unknown" means: a placeholder such as "<alice>" that is not a

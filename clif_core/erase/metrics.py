@@ -12,13 +12,16 @@ All numbers are ratios of Frobenius norms over the evaluated entries (so 0 means
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
 from .conditioning import NULL, PromptTable, batched, mixed_autocast, unet_predict
 from .objectives import target_guidance
 from .pool import XtPool
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 EVAL_ENTRIES = 64
 EVAL_BATCH = 8
@@ -35,7 +38,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 @torch.no_grad()
-def erasure_metrics(base: Any, table: PromptTable, pool: XtPool, eta: float = 1.0, negative_eta: float = 0.0,
+def erasure_metrics(base: BaseModel, table: PromptTable, pool: XtPool, eta: float = 1.0, negative_eta: float = 0.0,
                     indices: Optional[Sequence[int]] = None) -> dict[str, float]:
     indices = eval_indices(pool) if indices is None else list(indices)
     sums = {k: 0.0 for k in ("null_d", "null", "tgt_d", "tgt", "goal_d", "goal_0", "keep_d", "keep")}

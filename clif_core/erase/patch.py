@@ -16,16 +16,20 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 
 from clif_core.concepts import lora_keys
-from clif_core.concepts.file_format import ConceptFile, WarnFn, load_concept_file, validate
+from clif_core.concepts.checks import validate
+from clif_core.concepts.file_format import ConceptFile, WarnFn, load_concept_file
 from clif_core.errors import ClifError
 from clif_core.validation import check_strength
 
 from .subsets import lora_deltas
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 PROBE_MODULES = 32
 PROBE_VALUES = 16
@@ -55,7 +59,7 @@ def describe(patch: ConceptFile) -> str:
 
 
 def check_is_patch(cf: ConceptFile, where: str) -> None:
-    """Refuse a concept file that is not an erasure patch (its erased list is checked by file_format.validate,
+    """Refuse a concept file that is not an erasure patch (its erased list is checked by checks.validate,
     which every loader and the sampler use)."""
     if cf.kind != "erasure":
         raise ClifError(f"{where} is a concept file of kind {cf.kind!r}, not an erasure patch; load it with "
@@ -63,10 +67,10 @@ def check_is_patch(cf: ConceptFile, where: str) -> None:
     validate(cf, where)
 
 
-def check_patch_base(patch: ConceptFile, base: Any, allow_other_base: bool = False,
+def check_patch_base(patch: ConceptFile, base: BaseModel, allow_other_base: bool = False,
                      warn: Optional[WarnFn] = None, where: str = "erasure patch") -> None:
     """Refuse a patch made for other weights (fingerprint) unless `allow_other_base`, then only warn."""
-    from clif_core.concepts.file_format import check_compatible
+    from clif_core.concepts.checks import check_compatible
 
     check_compatible(patch, base, where)  # family, encoders, LoRA shapes: ClifError; its warnings are ours below
     if patch.base_fingerprint and base.fingerprint and patch.base_fingerprint != base.fingerprint:
@@ -78,7 +82,7 @@ def check_patch_base(patch: ConceptFile, base: Any, allow_other_base: bool = Fal
         (warn or (lambda m: None))(f"{message}; applied anyway as asked, results may differ")
 
 
-def load_erasure_patch(path: str | os.PathLike, base: Any = None, allow_other_base: bool = False,
+def load_erasure_patch(path: str | os.PathLike, base: Optional[BaseModel] = None, allow_other_base: bool = False,
                        warn: Optional[WarnFn] = None) -> ConceptFile:
     """Read an erasure patch; with `base`, also check it was made for that base (see check_patch_base)."""
     cf = load_concept_file(path)
@@ -120,7 +124,7 @@ def probe_mismatch(patch: ConceptFile, weights: Mapping[str, torch.Tensor]) -> O
 
 
 @contextmanager
-def merged(base: Any, patch: ConceptFile, strength: float = 1.0) -> Iterator[Any]:
+def merged(base: BaseModel, patch: ConceptFile, strength: float = 1.0) -> Iterator[Any]:
     """Add the patch's ΔW·strength into the base's UNet weights for the `with` block; the touched weights
     are put back exactly afterwards."""
     layers = {kohya: layer for _, kohya, layer in lora_keys.target_modules(
@@ -139,7 +143,7 @@ def merged(base: Any, patch: ConceptFile, strength: float = 1.0) -> Iterator[Any
                 layers[module].weight.copy_(original)
 
 
-def merge_into_checkpoint(base: Any, patch: ConceptFile, out_path: str | os.PathLike, strength: float = 1.0,
+def merge_into_checkpoint(base: BaseModel, patch: ConceptFile, out_path: str | os.PathLike, strength: float = 1.0,
                           allow_other_base: bool = False, warn: Optional[WarnFn] = None) -> Path:
     """Write base + patch as one single-file checkpoint (original layout, atomic); the base is left as it was."""
     from clif_core.models.ldm_layout import save_single_file

@@ -20,17 +20,21 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
 from clif_core.errors import ClifError
 from clif_core.fileio import save_safetensors_atomic
+from clif_core.models.denoise import ddim_scheduler, denoise_step
 from clif_core.progress import SILENT, Reporter
 
 from .conditioning import NULL, PromptTable, batched, unet_predict
 from .config import EraseTarget
-from .latents import ddim_scheduler, initial_noise
+from .latents import initial_noise
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 FORMAT = "clif.erase-pool"
 GENERATION_ROWS = 16
@@ -71,7 +75,7 @@ def seed_for(seed: int, *parts: int) -> int:
 
 @torch.no_grad()
 def build_pool(
-    base: Any,
+    base: BaseModel,
     table: PromptTable,
     targets: Sequence[EraseTarget],
     preserve: Sequence[str],
@@ -104,31 +108,42 @@ def build_pool(
                 reporter.check_cancel()
                 entry = [j * sample_steps + i for j in js]
                 keep = [keep_rows[e % len(keep_rows)] for e in entry] if keep_rows else [-1] * len(js)
-                rows = [NULL] * len(js) + [c_e] * len(js)
-                if c_alt >= 0:
-                    rows += [c_alt] * len(js)
-                if keep_rows:
-                    rows += keep
+                rows = [NULL] * len(js) + [c_e] * len(js) + ([c_alt] * len(js) if c_alt >= 0 else []) + \
+                    (keep if keep_rows else [])
                 reps = len(rows) // len(js)
-                model_in = scheduler.scale_model_input(x, t)
-                out = unet_predict(base, table, model_in.repeat(reps, 1, 1, 1), t, torch.tensor(rows)).chunk(reps)
                 n = len(js)
-                zeros = torch.zeros_like(out[0])
-                parts["x"].append(x.float().cpu())
-                parts["t"].append(t.expand(n).to(torch.int64).cpu())
-                parts["eps_null"].append(out[0].cpu())
-                parts["eps_target"].append(out[1].cpu())
-                parts["eps_alt"].append((out[2] if c_alt >= 0 else zeros).cpu())
-                parts["eps_keep"].append((out[-1] if keep_rows else zeros).cpu())
-                parts["concept"].append(torch.full((n,), k, dtype=torch.int64))
-                parts["target"].append(torch.full((n,), c_e, dtype=torch.int64))
-                parts["alt"].append(torch.full((n,), c_alt, dtype=torch.int64))
-                parts["keep"].append(torch.tensor(keep, dtype=torch.int64))
-                guided = out[0] + guidance_scale * (out[1] - out[0])
-                x = scheduler.step(guided.to(x.dtype), t, x).prev_sample
+                calls: list[tuple[torch.Tensor, ...]] = []
+
+                def model(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    # one UNet call for every row of the trajectory (x_in is [x; x]); guidance takes the first two
+                    calls.append(unet_predict(base, table, x_in[:n].repeat(reps, 1, 1, 1), t,
+                                              torch.tensor(rows)).chunk(reps))
+                    return torch.cat(calls[-1][:2])
+
+                stepped = denoise_step(scheduler, model, x, t, guidance_scale)
+                _record(parts, x, t, calls[-1], k, c_e, c_alt, keep, bool(keep_rows))
+                x = stepped.prev_sample
                 done += n
                 reporter.progress(done, total, None)
     return XtPool(**{name: torch.cat(values) for name, values in parts.items()}, prompts=list(table.prompts))
+
+
+def _record(parts: dict[str, list[torch.Tensor]], x: torch.Tensor, t: torch.Tensor, out: Sequence[torch.Tensor],
+            k: int, c_e: int, c_alt: int, keep: list[int], has_keep: bool) -> None:
+    """One step's pool entries: x_t, t, the frozen predictions (null, target, alternative, preserved) and the
+    prompt indices of its rows (zeros and -1 where a trajectory has no alternative or nothing preserved)."""
+    n = x.shape[0]
+    zeros = torch.zeros_like(out[0])
+    parts["x"].append(x.float().cpu())
+    parts["t"].append(t.expand(n).to(torch.int64).cpu())
+    parts["eps_null"].append(out[0].cpu())
+    parts["eps_target"].append(out[1].cpu())
+    parts["eps_alt"].append((out[2] if c_alt >= 0 else zeros).cpu())
+    parts["eps_keep"].append((out[-1] if has_keep else zeros).cpu())
+    parts["concept"].append(torch.full((n,), k, dtype=torch.int64))
+    parts["target"].append(torch.full((n,), c_e, dtype=torch.int64))
+    parts["alt"].append(torch.full((n,), c_alt, dtype=torch.int64))
+    parts["keep"].append(torch.tensor(keep, dtype=torch.int64))
 
 
 def pool_key(recipe: dict[str, Any]) -> str:

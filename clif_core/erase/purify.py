@@ -13,7 +13,7 @@ the nearest such size for the round trip and the result resized back, so it has 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -21,30 +21,33 @@ from clif_core.concepts.apply import apply_concepts
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.errors import ClifError
 from clif_core.images import check_min_side
+from clif_core.models.denoise import ddim_scheduler, denoise
+from clif_core.models.vae import decode_latents, encode_image, vae_factor
 from clif_core.progress import SILENT, Reporter
 from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 
-from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict, vae_factor
-from .latents import ddim_scheduler, decode, encode
+from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict
 from .patch import check_is_patch, check_patch_base, erased_pairs
 
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
-def model_size(base: Any, width: int, height: int) -> tuple[int, int]:
+
+def model_size(base: BaseModel, width: int, height: int) -> tuple[int, int]:
     """(width, height) rounded to the nearest sides the model takes."""
     step = 8 * vae_factor(base)
     return tuple(max(step, round(side / step) * step) for side in (width, height))
 
 
-def _predict(base: Any, table: PromptTable, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    if guidance_scale == 1.0:
-        return unet_predict(base, table, x, t, torch.tensor([1]))
-    uncond, cond = unet_predict(base, table, x.repeat(2, 1, 1, 1), t, torch.tensor([NULL, 1])).chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+def _model(base: BaseModel, table: PromptTable, guided: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The UNet under the table's prompt 1, with the unconditional rows first when `guided`."""
+    rows = torch.tensor([NULL, 1] if guided else [1])
+    return lambda x, t: unet_predict(base, table, x, t, rows)
 
 
 @torch.no_grad()
 def purify(
-    base: Any,
+    base: BaseModel,
     patch: ConceptFile,
     image: Any,
     prompt: Optional[str] = None,
@@ -74,24 +77,22 @@ def purify(
     k = max(1, round(strength * steps))
     done = 0
 
-    def tick() -> None:
+    def tick(*_: Any) -> None:
         nonlocal done
         reporter.check_cancel()
         done += 1
         reporter.progress(done, 2 * k, None)
 
+    guided = guidance_scale != 1.0  # 1: the conditional prediction alone, one UNet row per step
+    model, scale = _model(base, table, guided), guidance_scale if guided else None
     with mixed_autocast(base):
-        x = encode(base, fitted)
+        x = encode_image(base, fitted)
         inverse = ddim_scheduler(base, inverse=True)
         inverse.set_timesteps(steps)
-        for t in inverse.timesteps[:k]:
-            x = inverse.step(_predict(base, table, x, t, guidance_scale), t, x).prev_sample
-            tick()
+        x = denoise(inverse, model, x, scale, inverse.timesteps[:k], callback=tick)
         forward = ddim_scheduler(base)
         forward.set_timesteps(steps)
         with apply_concepts(base, [(patch, patch_strength)], warn=lambda m: None):
-            for t in forward.timesteps[steps - k:]:
-                x = forward.step(_predict(base, table, x, t, guidance_scale), t, x).prev_sample
-                tick()
-        [result] = decode(base, x)
+            x = denoise(forward, model, x, scale, forward.timesteps[steps - k:], callback=tick)
+        [result] = decode_latents(base, x)
     return result.resize(original_size, Image.Resampling.LANCZOS)

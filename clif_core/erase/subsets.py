@@ -18,15 +18,17 @@ module the smallest rank whose relative Frobenius error ‖Δ − Δ_r‖/‖Δ�
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 
 from clif_core.concepts import lora_keys
+from clif_core.concepts.apply import AppliedConcepts, apply_concepts
 from clif_core.concepts.file_format import ConceptFile
 
-ADAPTER = "clif_0"
-"""The adapter name apply_concepts gives the first (here: only) file it applies."""
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
+
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
 _SELECT: dict[str, Callable[[str], bool]] = {
@@ -47,7 +49,7 @@ def select_modules(unet: Any, subset: str) -> list[tuple[str, str, torch.nn.Modu
 class WeightSubset:
     """Train the base's own weights of a subset; a context manager that restores them exactly."""
 
-    def __init__(self, base: Any, subset: str):
+    def __init__(self, base: BaseModel, subset: str):
         self.base = base
         self.modules = select_modules(base.unet, subset)
         self.originals: dict[str, torch.Tensor] = {}
@@ -78,9 +80,10 @@ class LoraSubset:
     """Train a fresh LoRA on every attention projection, injected through apply_concepts (which removes it
     exactly afterwards). lora_A starts as peft initialises it (Kaiming-uniform, from `seed`), lora_B at zero."""
 
-    def __init__(self, base: Any, rank: int, seed: int):
+    def __init__(self, base: BaseModel, rank: int, seed: int):
         self.base, self.rank, self.seed = base, rank, seed
-        self.applied = None
+        self.applied: Optional[AppliedConcepts] = None
+        self.adapter = ""  # the name apply_concepts gave the LoRA, while applied
 
     def initial_file(self) -> ConceptFile:
         g = torch.Generator().manual_seed(self.seed)
@@ -96,29 +99,27 @@ class LoraSubset:
                            encoder_widths={s.name: s.width for s in self.base.text}, unet_lora=lora)
 
     def __enter__(self) -> "LoraSubset":
-        from clif_core.concepts.apply import apply_concepts
-
         self.applied = apply_concepts(self.base, [(self.initial_file(), 1.0)])
-        for name, p in self.base.unet.named_parameters():
-            if f".{ADAPTER}." in name:
-                p.data = p.data.float()
+        self.adapter = self.applied.adapter_of(0)
+        for p in self.params().values():
+            p.data = p.data.float()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.applied is not None:
             self.applied.remove()
-            self.applied = None
+            self.applied, self.adapter = None, ""
 
     def params(self) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in self.base.unet.named_parameters() if f".{ADAPTER}." in name}
+        return {name: p for name, p in self.base.unet.named_parameters() if f".{self.adapter}." in name}
 
     def patch_lora(self, tolerance: float, max_rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        lora = lora_keys.lora_from_peft(self.base.unet, lora_keys.UNET_PREFIX, adapter_name=ADAPTER)
+        lora = lora_keys.lora_from_peft(self.base.unet, lora_keys.UNET_PREFIX, adapter_name=self.adapter)
         lora = {k: v.float() for k, v in lora.items()}
         return lora, {"factorised": False, "rank": self.rank, "max_relative_error": 0.0}
 
 
-def make_subset(base: Any, subset: str, lora_rank: int, seed: int) -> WeightSubset | LoraSubset:
+def make_subset(base: BaseModel, subset: str, lora_rank: int, seed: int) -> WeightSubset | LoraSubset:
     return LoraSubset(base, lora_rank, seed) if subset == "lora" else WeightSubset(base, subset)
 
 

@@ -4,7 +4,7 @@
 2. make the x_t pool (pool.py) or reuse the run folder's, which holds the frozen model's predictions, so
    no frozen UNet copy is kept in memory;
 3. train the chosen weights (subsets.py) with the chosen objective (objectives.py) through
-   `clif_core.train.loop.run_training`: checkpoints, resume, cancel, NaN stop, loss curve, previews of the
+   `clif_core.training.loop.run_training`: checkpoints, resume, cancel, NaN stop, loss curve, previews of the
    erased prompts sampled with the current weights;
 4. turn the change into a LoRA, put the base back exactly as it was, measure the patched model on fixed
    pool points (metrics.py) and write the patch (atomic) and metrics.json.
@@ -19,33 +19,22 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from clif_core.concepts.file_format import ConceptFile, make_thumbnail, save_concept_file
+from clif_core.concepts.apply import apply_concepts
+from clif_core.concepts.file_format import ConceptFile, save_concept_file
+from clif_core.concepts.thumbnail import make_thumbnail
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use, write_text_atomic
+from clif_core.models.base import BaseModel
+from clif_core.models.vae import decode_latents, native_resolution, vae_factor
 from clif_core.progress import SILENT, Reporter
-from clif_core.train.loop import (
-    ParamGroup,
-    TrainResult,
-    make_accelerator,
-    resolve_precision,
-    run_training,
-    sub_reporter,
-)
-from clif_core.train.run_folder import RunFolder, recipe_differences
+from clif_core.training.loop import ParamGroup, TrainResult, run_training, sub_reporter
+from clif_core.training.precision import check_precision, make_accelerator
+from clif_core.training.run_folder import RunFolder, recipe_differences
 
 from . import objectives
-from .conditioning import (
-    NULL,
-    PromptTable,
-    encode_prompts,
-    mixed_autocast,
-    native_resolution,
-    unet_predict,
-    unique_prompts,
-    vae_factor,
-)
+from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict, unique_prompts
 from .config import EraseConfig, unknown_target_warnings
-from .latents import ddim_sample, decode, grid, initial_noise
+from .latents import ddim_sample, grid, initial_noise
 from .metrics import erasure_metrics
 from .patch import describe, weight_probe
 from .pool import XtPool, build_pool, load_pool, pool_key, save_pool, seed_for
@@ -76,9 +65,9 @@ class EraseResult:
 
 
 class EraseTask:
-    """The TrainTask of an erasure run (see clif_core.train.loop.TrainTask)."""
+    """The TrainTask of an erasure run (see clif_core.training.loop.TrainTask)."""
 
-    def __init__(self, base: Any, config: EraseConfig, table: PromptTable, pool: XtPool,
+    def __init__(self, base: BaseModel, config: EraseConfig, table: PromptTable, pool: XtPool,
                  params: dict[str, torch.nn.Parameter], resolution: int):
         self.base, self.config, self.table, self.pool = base, config, table, pool
         self._params = params
@@ -127,7 +116,7 @@ class EraseTask:
         return preview_erased(self.base, self.table, self.config, self.resolution)
 
 
-def preview_erased(base: Any, table: PromptTable, config: EraseConfig, resolution: int) -> Any:
+def preview_erased(base: BaseModel, table: PromptTable, config: EraseConfig, resolution: int) -> Any:
     """The erased prompts (up to 4) sampled with the model as it is now, from fixed noise, side by side."""
     targets = config.targets[:PREVIEW_CONCEPTS]
     noise = torch.cat([initial_noise(base, seed_for(config.loop.seed, -2, k), resolution)
@@ -135,10 +124,10 @@ def preview_erased(base: Any, table: PromptTable, config: EraseConfig, resolutio
     with torch.no_grad(), mixed_autocast(base):
         latents = ddim_sample(base, table, noise, [table.index(t.target) for t in targets],
                               min(PREVIEW_STEPS, config.sample_steps), config.guidance_scale)
-        return grid(decode(base, latents))
+        return grid(decode_latents(base, latents))
 
 
-def run_recipe(base: Any, config: EraseConfig, resolution: int) -> dict[str, Any]:
+def run_recipe(base: BaseModel, config: EraseConfig, resolution: int) -> dict[str, Any]:
     return {
         "erase": {**config.to_dict(), "resolution": resolution},
         "base": {"family": base.family, "fingerprint": base.fingerprint, "prediction_type": base.prediction_type,
@@ -146,7 +135,7 @@ def run_recipe(base: Any, config: EraseConfig, resolution: int) -> dict[str, Any
     }
 
 
-def _pool_recipe(base: Any, config: EraseConfig, resolution: int) -> dict[str, Any]:
+def _pool_recipe(base: BaseModel, config: EraseConfig, resolution: int) -> dict[str, Any]:
     return {"targets": [t.describe() for t in config.targets], "preserve": list(config.preserve),
             "trajectories": config.trajectories, "sample_steps": config.sample_steps,
             "guidance_scale": config.guidance_scale, "resolution": resolution, "seed": config.loop.seed,
@@ -158,7 +147,7 @@ def _title(config: EraseConfig) -> str:
 
 
 def _check_replaceable(path: Path, recipe: dict[str, Any]) -> None:
-    from clif_core.concepts.file_format import read_header
+    from clif_core.concepts.header import read_header
 
     if not path.exists():
         return
@@ -174,7 +163,7 @@ def _check_replaceable(path: Path, recipe: dict[str, Any]) -> None:
 
 
 def erase_concepts(
-    base: Any,
+    base: BaseModel,
     config: EraseConfig,
     run_dir: str | Path,
     out_path: str | Path,
@@ -192,21 +181,10 @@ def erase_concepts(
     reporter asks to stop (the finished steps are kept for resuming).
     """
     config.check()
-    notes = unknown_target_warnings(base, config.targets)
-    if config.objective == "esd" and any(t.alternative for t in config.targets):
-        notes.append("ESD's objective has no alternative concept: the alternatives are ignored by this method")
-    for n in notes:
-        reporter.log(f"erase: warning: {n}")
-    resolution = config.resolution or native_resolution(base)
-    step = 8 * vae_factor(base)
-    if resolution % step:
-        raise ClifError(f"resolution {resolution} is not a multiple of {step}, which this model needs; use "
-                        f"{max(step, resolution // step * step)}")
+    notes = _check_run(base, config, reporter)
+    resolution = _resolution(base, config)
     accelerator = make_accelerator(config.loop, device=base.device)
-    if resolve_precision(config.loop.mixed_precision, base.device) == "no" and base.dtype != torch.float32:
-        raise ClifError(
-            f"the base model is loaded in {str(base.dtype).removeprefix('torch.')}; erasing without mixed precision "
-            "needs it in float32. Choose mixed precision bf16/fp16, or load the base model in float32")
+    check_precision(base, accelerator.mixed_precision, doing="erasing")
 
     run = RunFolder(run_dir, outputs=(POOL_FILE, METRICS_FILE))
     with in_use(run.path, enabled=accelerator.is_main_process):
@@ -220,48 +198,81 @@ def erase_concepts(
         prompts = unique_prompts([t.target for t in config.targets], [t.alternative for t in config.targets],
                                  config.preserve)
         table = encode_prompts(base, prompts, (resolution, resolution))
-        key = pool_key(_pool_recipe(base, config, resolution))
-        pool = load_pool(run.output(POOL_FILE), key)
-        if pool is None:
-            reporter.log(
-                f"erase: sampling {config.trajectories} trajectories × {config.sample_steps} steps per target")
-            pool = build_pool(base, table, config.targets, config.preserve, config.trajectories, config.sample_steps,
-                              config.guidance_scale, resolution, config.loop.seed, sub_reporter(reporter, 0, total))
-            if accelerator.is_main_process:
-                save_pool(pool, run.output(POOL_FILE), key)
-
-        subset = make_subset(base, config.subset, config.lora_rank, seed_for(config.loop.seed, -3))
-        with subset:
+        pool = _pool(base, config, table, resolution, run, accelerator, sub_reporter(reporter, 0, total))
+        with make_subset(base, config.subset, config.lora_rank, seed_for(config.loop.seed, -3)) as subset:
             task = EraseTask(base, config, table, pool, subset.params(), resolution)
             train = run_training(task, config.loop, run, accelerator, sub_reporter(reporter, total_pool, total),
                                  label="erasure")
             lora, patch_stats = subset.patch_lora(config.patch_tolerance, config.patch_max_rank)
         if not lora:
             raise ClifError("the erasure changed no weight (every delta is zero); raise the learning rate or the steps")
-
-        patch = ConceptFile(
-            concepts=[], base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=lora,
-            recipe=recipe, title=title or _title(config), kind="erasure",
-            metadata={
-                "erased": [{"target": t.target, "alternative": t.alternative} for t in config.targets],
-                "preserve": list(config.preserve), "method": config.method, "params": config.subset,
-                "steps": train.steps, "patch": patch_stats,
-                "unet_probe": weight_probe(base.unet, sorted({k.split(".", 1)[0] for k in lora})),
-            },
-        )
-        from clif_core.concepts.apply import apply_concepts
-
+        patch = _patch(base, config, recipe, title, lora, patch_stats, train)
         with apply_concepts(base, [(patch, 1.0)], warn=lambda m: None):
             metrics = erasure_metrics(base, table, pool, config.eta, config.negative_eta)
             patch.thumbnail = make_thumbnail(preview_erased(base, table, config, resolution))
         metrics = {"final_loss": train.final_loss, **metrics,
                    "patch_max_relative_error": patch_stats["max_relative_error"]}
         result = EraseResult(patch, Path(out_path), Path(run_dir), metrics, notes, train)
-        if accelerator.is_main_process:
-            save_concept_file(patch, out_path)
-            write_text_atomic(run.output(METRICS_FILE), json.dumps(
-                {"metrics": metrics, "notes": notes, "patch": str(out_path)}, indent=1, sort_keys=True, allow_nan=True))
-        accelerator.wait_for_everyone()
+        _write(result, run, accelerator)
         reporter.log("erase: " + result.report().replace("\n", "\n  "))
         return result
+
+
+def _check_run(base: BaseModel, config: EraseConfig, reporter: Reporter) -> list[str]:
+    """The run's warnings (targets the base may not know, alternatives ESD ignores), also logged."""
+    notes = unknown_target_warnings(base, config.targets)
+    if config.objective == "esd" and any(t.alternative for t in config.targets):
+        notes.append("ESD's objective has no alternative concept: the alternatives are ignored by this method")
+    for n in notes:
+        reporter.log(f"erase: warning: {n}")
+    return notes
+
+
+def _resolution(base: BaseModel, config: EraseConfig) -> int:
+    """The run's image side: the config's or the model's native one, a multiple of 8 × the VAE factor."""
+    resolution = config.resolution or native_resolution(base)
+    step = 8 * vae_factor(base)
+    if resolution % step:
+        raise ClifError(f"resolution {resolution} is not a multiple of {step}, which this model needs; use "
+                        f"{max(step, resolution // step * step)}")
+    return resolution
+
+
+def _pool(base: BaseModel, config: EraseConfig, table: PromptTable, resolution: int, run: RunFolder,
+          accelerator: Any, reporter: Reporter) -> XtPool:
+    """The run folder's x_t pool when it was made with these settings, else a new one (saved for resuming)."""
+    key = pool_key(_pool_recipe(base, config, resolution))
+    pool = load_pool(run.output(POOL_FILE), key)
+    if pool is None:
+        reporter.log(f"erase: sampling {config.trajectories} trajectories × {config.sample_steps} steps per target")
+        pool = build_pool(base, table, config.targets, config.preserve, config.trajectories, config.sample_steps,
+                          config.guidance_scale, resolution, config.loop.seed, reporter)
+        if accelerator.is_main_process:
+            save_pool(pool, run.output(POOL_FILE), key)
+    return pool
+
+
+def _patch(base: BaseModel, config: EraseConfig, recipe: dict[str, Any], title: str, lora: dict[str, torch.Tensor],
+           patch_stats: dict[str, Any], train: TrainResult) -> ConceptFile:
+    """The erasure patch file: the LoRA, what it erases, how it was made and a probe of the weights it was made on."""
+    return ConceptFile(
+        concepts=[], base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=lora,
+        recipe=recipe, title=title or _title(config), kind="erasure",
+        metadata={
+            "erased": [{"target": t.target, "alternative": t.alternative} for t in config.targets],
+            "preserve": list(config.preserve), "method": config.method, "params": config.subset,
+            "steps": train.steps, "patch": patch_stats,
+            "unet_probe": weight_probe(base.unet, sorted({k.split(".", 1)[0] for k in lora})),
+        },
+    )
+
+
+def _write(result: EraseResult, run: RunFolder, accelerator: Any) -> None:
+    """The patch and metrics.json, atomically, by the main process."""
+    if accelerator.is_main_process:
+        save_concept_file(result.patch, result.path)
+        write_text_atomic(run.output(METRICS_FILE), json.dumps(
+            {"metrics": result.metrics, "notes": result.notes, "patch": str(result.path)}, indent=1, sort_keys=True,
+            allow_nan=True))
+    accelerator.wait_for_everyone()

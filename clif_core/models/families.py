@@ -109,6 +109,7 @@ def detect_family_from_state_dict(shapes: Mapping[str, Sequence[int]], *, source
     """Family of a single-file checkpoint in the original (LDM/SGM) layout, from its key names and shapes.
 
     `shapes` maps each key to its tensor shape. `source` names the file in error messages.
+    (Over 60 lines: a decision table over key names and shapes, each family's evidence beside its test.)
     """
     keys = list(shapes)
     unet_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")

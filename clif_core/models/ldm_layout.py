@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
@@ -28,6 +28,9 @@ from clif_core.models.families import (
     UNET_PREFIX,
     VAE_PREFIX,
 )
+
+if TYPE_CHECKING:
+    from .base import BaseModel
 
 Tensors = dict[str, torch.Tensor]
 
@@ -219,7 +222,7 @@ def text_encoders_to_original(family: str, encoders: list[Mapping[str, torch.Ten
     raise ValueError(f"unknown family {family!r}")
 
 
-def to_original_state_dict(base: Any) -> Tensors:
+def to_original_state_dict(base: BaseModel) -> Tensors:
     """The whole `BaseModel` (UNet, VAE, text encoders) as one original-layout state dict."""
     out = _prefixed(UNET_PREFIX, unet_to_ldm(base.unet.state_dict(), base.unet.config))
     out.update(_prefixed(VAE_PREFIX, vae_to_ldm(base.vae.state_dict(), base.vae.config)))
@@ -227,7 +230,7 @@ def to_original_state_dict(base: Any) -> Tensors:
     return out
 
 
-def component_configs(base: Any) -> dict[str, dict]:
+def component_configs(base: BaseModel) -> dict[str, dict]:
     """The diffusers/transformers configs of a `BaseModel`'s components, by diffusers folder name, as JSON
     values (what a single file carries under `clif.diffusers_configs`)."""
     from clif_core.models.families import get_family
@@ -245,7 +248,7 @@ def component_configs(base: Any) -> dict[str, dict]:
 
 
 def save_single_file(
-    base: Any, path: str | os.PathLike, *, metadata: Optional[Mapping[str, str]] = None
+    base: BaseModel, path: str | os.PathLike, *, metadata: Optional[Mapping[str, str]] = None
 ) -> Path:
     """Write a `BaseModel` as one original-layout .safetensors file (atomically), tensors in their current
     dtype, with its component configs in the metadata so `load_base_model` rebuilds exactly this model

@@ -189,29 +189,9 @@ def write_tiny_model(family: str, out_dir: Union[str, Path], seed: int = 0) -> T
 
 def save_diffusers(base: BaseModel, folder: Path) -> None:
     """Write `base` as a diffusers pipeline folder (also used to export the sandbox model)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from .pipeline import diffusers_pipeline
 
-    if base.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=base.vae,
-            text_encoder=base.text[0].encoder,
-            text_encoder_2=base.text[1].encoder,
-            tokenizer=base.text[0].tokenizer,
-            tokenizer_2=base.text[1].tokenizer,
-            unet=base.unet,
-            scheduler=base.scheduler,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=base.vae,
-            text_encoder=base.text[0].encoder,
-            tokenizer=base.text[0].tokenizer,
-            unet=base.unet,
-            scheduler=base.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    pipe = diffusers_pipeline(base)
     pipe.save_pretrained(folder, safe_serialization=True)
     # transformers 5 writes only tokenizer.json; older versions' CLIPTokenizer reads vocab.json + merges.txt.
     for sub in get_family(base.family).tokenizer_subfolders:

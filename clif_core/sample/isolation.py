@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from clif_core.errors import ClifError
 
 from .config import ISOLATION_EDGE, Region
 from .regional import layer_size, rasterise
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 
 def soft_mask(region: Region, latent_hw: tuple[int, int], edge: float = ISOLATION_EDGE) -> torch.Tensor:
@@ -95,7 +98,7 @@ class MaskedLoRA:
     side: cross-attention k/v and text encoders) or "off" (time embedding).
     """
 
-    def __init__(self, base: Any, bindings: Sequence[Binding], regions: Sequence[Region],
+    def __init__(self, base: BaseModel, bindings: Sequence[Binding], regions: Sequence[Region],
                  latent_hw: tuple[int, int], edge: float = ISOLATION_EDGE):
         self.base = base
         self.bindings = list(bindings)

@@ -14,13 +14,16 @@ import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from clif_core.concepts.apply import adapter_name, apply_concepts, expand_prompt, vector_tokens
+from clif_core.concepts.apply import apply_concepts, expand_prompt, vector_tokens
 from clif_core.concepts.file_format import ConceptFile
 from clif_core.errors import ClifError
+from clif_core.models.denoise import denoise
+from clif_core.models.prompts import TextConditioning, encode_negative, encode_prompt, sdxl_time_ids
+from clif_core.models.vae import decode_latents, vae_factor
 from clif_core.progress import SILENT, Reporter
 
 from .config import SampleConfig
@@ -29,7 +32,9 @@ from .isolation import Binding, MaskedLoRA, check_bound_tokens
 from .recipe import RECIPE_FORMAT, concept_file_fingerprint, image_recipe
 from .regional import RegionalAttention
 from .schedulers import make_scheduler
-from .text import TextConditioning, encode_negative, encode_prompt
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 Previewer = Callable[[torch.Tensor], Any]
 """previewer(latents [1, C, h, w]) -> PIL image: what the reporter shows during sampling."""
@@ -99,14 +104,9 @@ class SampleResult:
         return image_recipe(self.recipe, index)
 
 
-def vae_scale_factor(vae: Any) -> int:
-    """How many pixels one latent pixel covers along each side (8 for published SD models, 2 for the tiny)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def image_size(base: Any, config: SampleConfig) -> tuple[int, int]:
+def image_size(base: BaseModel, config: SampleConfig) -> tuple[int, int]:
     """(width, height) of the run: the config's, or the model's native size; checked against the VAE factor."""
-    factor = vae_scale_factor(base.vae)
+    factor = vae_factor(base)
     native = base.unet.config.sample_size
     native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
     width = config.width or native_w * factor
@@ -119,35 +119,6 @@ def image_size(base: Any, config: SampleConfig) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def decode_latents(base: Any, latents: torch.Tensor) -> list:
-    """Latents → PIL images through the base model's VAE, one image at a time (lower peak memory)."""
-    from diffusers.image_processor import VaeImageProcessor
-
-    vae = base.vae
-    cfg = vae.config
-    # As diffusers' SDXL pipeline does (its SD1/SD2 pipelines never upcast): the SDXL VAE overflows in fp16.
-    upcast = base.family == "sdxl" and vae.dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
-    processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor(vae))
-    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-    images = []
-    try:
-        if upcast:
-            vae.to(torch.float32)
-        for one in latents.split(1):
-            one = one.to(vae.dtype)
-            if mean is not None and std is not None:
-                std_t, mean_t = (torch.tensor(v).view(1, -1, 1, 1).to(one) for v in (std, mean))
-                one = one * std_t / cfg.scaling_factor + mean_t
-            else:
-                one = one / cfg.scaling_factor
-            pixels = vae.decode(one, return_dict=False)[0]
-            images += processor.postprocess(pixels, output_type="pil")
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-    return images
-
-
 def _expanded(prompt: str, tokens: dict[str, list[str]], where: str) -> str:
     try:
         return expand_prompt(prompt, tokens)
@@ -155,7 +126,7 @@ def _expanded(prompt: str, tokens: dict[str, list[str]], where: str) -> str:
         raise ClifError(f"{where}: {err}") from None
 
 
-def _build_recipe(base: Any, config: SampleConfig, uses: Sequence[ConceptUse], width: int, height: int) -> dict:
+def _build_recipe(base: BaseModel, config: SampleConfig, uses: Sequence[ConceptUse], width: int, height: int) -> dict:
     return {
         "format": RECIPE_FORMAT,
         "prompt": config.prompt,
@@ -178,7 +149,7 @@ def _build_recipe(base: Any, config: SampleConfig, uses: Sequence[ConceptUse], w
 
 
 def sample(
-    base: Any,
+    base: BaseModel,
     config: SampleConfig,
     concepts: ConceptsArg = (),
     reporter: Reporter = SILENT,
@@ -209,8 +180,8 @@ def sample(
     try:
         isolation: Any = contextlib.nullcontext()
         if bound:
-            factor = vae_scale_factor(base.vae)
-            bindings = [Binding(adapter_name(i), r) for i, r in bound.items() if adapter_name(i) in applied.adapters]
+            factor = vae_factor(base)
+            bindings = [Binding(applied.adapter_of(i), r) for i, r in bound.items() if applied.adapter_of(i)]
             isolation = MaskedLoRA(base, bindings, config.regions, (height // factor, width // factor),
                                    config.isolation_edge)
         with torch.inference_mode(), isolation:
@@ -256,39 +227,19 @@ def _bound_regions(config: SampleConfig, uses: Sequence[ConceptUse]) -> dict[int
     return bound
 
 
-def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: TextConditioning,
+def _denoise(base: BaseModel, config: SampleConfig, width: int, height: int, cond: TextConditioning,
              uncond: Optional[TextConditioning], region_contexts: list[torch.Tensor], reporter: Reporter,
              previewer: Previewer, region_pass: Optional[Callable] = None) -> torch.Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
-
+    """The denoising loop: seeded noise, the scheduler, guidance, regional attention, previews, cancel."""
     device, batch = base.device, config.batch
     scheduler = make_scheduler(base.scheduler.config, config.scheduler)
     scheduler.set_timesteps(config.steps, device=device)
-    factor = vae_scale_factor(base.vae)
-    latent_hw = (height // factor, width // factor)
+    latent_hw = (height // vae_factor(base), width // vae_factor(base))
     # CPU generators, one per image: the same seed gives the same image on any device and in any batch.
     generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in range(batch)]
-    latents = randn_tensor((batch, base.unet.config.in_channels, *latent_hw), generator=generators, device=device,
-                           dtype=cond.embeds.dtype) * scheduler.init_noise_sigma
-
+    latents = _initial_latents(base, scheduler, generators, latent_hw, cond.embeds.dtype)
     guided = uncond is not None
-    parts = [uncond, cond] if guided else [cond]
-    context = torch.cat([p.embeds.expand(batch, -1, -1) for p in parts])
-    added = None
-    if base.family == "sdxl":
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=context.dtype, device=device)
-        added = {"text_embeds": torch.cat([p.pooled.expand(batch, -1) for p in parts]),
-                 "time_ids": time_ids.repeat(len(parts) * batch, 1)}
-    accepted = inspect.signature(scheduler.step).parameters
-    step_kwargs: dict[str, Any] = {}
-    if "generator" in accepted:
-        step_kwargs["generator"] = generators
-    if "eta" in accepted:
-        step_kwargs["eta"] = 0.0
-
-    def unet_call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return base.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
-
+    model = _unet_model(base, [uncond, cond] if guided else [cond], batch, (height, width), reporter)
     regional = contextlib.nullcontext()
     if config.regions:
         cond_rows = slice(batch, 2 * batch) if guided else slice(0, batch)
@@ -297,28 +248,67 @@ def _denoise(base: Any, config: SampleConfig, width: int, height: int, cond: Tex
     # per step: were the latents still finite? Kept on the device and read once at the end (and before a
     # preview), so that the loop does not wait for the GPU at every step
     finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
-    with regional:
-        for i, t in enumerate(timesteps):
+
+    def after_step(i: int, t: torch.Tensor, out: Any) -> None:
+        finite[i] = torch.isfinite(out.prev_sample).all()
+        preview = None
+        if config.preview_every and ((i + 1) % config.preview_every == 0 or i + 1 == len(timesteps)):
+            _check_finite(finite, len(timesteps))
+            estimate = getattr(out, "pred_original_sample", None)  # the denoised estimate, where the solver has one
+            preview = previewer((estimate if estimate is not None else out.prev_sample)[:1])
+        reporter.progress(i + 1, len(timesteps), preview)
+        if i + 1 < len(timesteps):
             reporter.check_cancel()
-            model_input = torch.cat([latents] * len(parts)) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            if i == 0 and device.type == "cuda":
-                unet_call = _graphed(base.unet, model_input, t, context, added, unet_call, reporter)
-            noise = unet_call(model_input, t)
-            if guided:
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + config.cfg * (noise_cond - noise_uncond)
-            out = scheduler.step(noise, t, latents, **step_kwargs)
-            latents = out.prev_sample
-            finite[i] = torch.isfinite(latents).all()
-            preview = None
-            if config.preview_every and ((i + 1) % config.preview_every == 0 or i + 1 == len(timesteps)):
-                _check_finite(finite, len(timesteps))
-                estimate = getattr(out, "pred_original_sample", None)  # the denoised estimate, where the solver has one
-                preview = previewer((estimate if estimate is not None else latents)[:1])
-            reporter.progress(i + 1, len(timesteps), preview)
+
+    with regional:
+        reporter.check_cancel()
+        latents = denoise(scheduler, model, latents, config.cfg if guided else None, callback=after_step,
+                          **_step_kwargs(scheduler, generators))
     _check_finite(finite, len(timesteps))
     return latents
+
+
+def _initial_latents(base: BaseModel, scheduler: Any, generators: list, latent_hw: tuple[int, int],
+                     dtype: torch.dtype) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (len(generators), base.unet.config.in_channels, *latent_hw)
+    return randn_tensor(shape, generator=generators, device=base.device, dtype=dtype) * scheduler.init_noise_sigma
+
+
+def _step_kwargs(scheduler: Any, generators: list) -> dict[str, Any]:
+    """The scheduler's own per-image generators (ancestral noise) and DDIM's eta 0, where its step takes them."""
+    accepted = inspect.signature(scheduler.step).parameters
+    step_kwargs: dict[str, Any] = {}
+    if "generator" in accepted:
+        step_kwargs["generator"] = generators
+    if "eta" in accepted:
+        step_kwargs["eta"] = 0.0
+    return step_kwargs
+
+
+def _unet_model(base: BaseModel, parts: list[TextConditioning], batch: int, size: tuple[int, int],
+                reporter: Reporter) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The UNet as a model callable (see clif_core.models.denoise) under `parts`' conditioning, each part
+    `batch` rows; on a GPU its first call records a CUDA graph that the later calls replay."""
+    context = torch.cat([p.embeds.expand(batch, -1, -1) for p in parts])
+    added = None
+    if base.family == "sdxl":
+        added = {"text_embeds": torch.cat([p.pooled.expand(batch, -1) for p in parts]),
+                 "time_ids": sdxl_time_ids(*size, len(parts) * batch, context.dtype, base.device)}
+
+    def eager(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return base.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)[0]
+
+    call: Optional[Callable] = None
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal call
+        if call is None:
+            call = _graphed(base.unet, x, t, context, added, eager, reporter) if base.device.type == "cuda" else eager
+        return call(x, t)
+
+    return model
 
 
 def _check_finite(finite: torch.Tensor, steps: int) -> None:
@@ -343,7 +333,7 @@ def _graphed(unet: Any, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
 
 
 def make_generate(
-    base: Any,
+    base: BaseModel,
     template: Optional[SampleConfig] = None,
     concepts: ConceptsArg = (),
     max_batch: int = 4,

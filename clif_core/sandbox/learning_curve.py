@@ -12,7 +12,7 @@ from typing import Any, Union
 
 from clif_core.errors import ClifError
 from clif_core.fileio import write_text_atomic
-from clif_core.train.curve import save_loss_png
+from clif_core.training.curve import save_loss_png
 
 SERIES = ("one_object", "two_objects", "figures")
 

@@ -10,15 +10,19 @@ the other slots are empty.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
+from clif_core.models.pipeline import diffusers_pipeline
 from clif_core.progress import SILENT, Reporter
 from clif_core.sandbox.oracle import Oracle, attribute_agreement, scene_correct
 from clif_core.sandbox.scene import Scene, caption
 from clif_core.sandbox.world import WorldConfig, scene_for_seed
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 PROMPT_SEED_BASE = 3_000_000_000
 PROMPT_SETS: dict[str, WorldConfig] = {
@@ -36,22 +40,9 @@ def prompt_scenes(n_per_set: int = 100, seed: int = 0) -> dict[str, list[Scene]]
     return out
 
 
-def pipeline_for(base: Any) -> Any:
-    """A diffusers StableDiffusionPipeline on a loaded `BaseModel`'s components (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
-
-    slot = base.text[0]
-    pipe = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=slot.encoder, tokenizer=slot.tokenizer, unet=base.unet, scheduler=base.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @torch.no_grad()
 def generate(
-    base: Any,
+    base: BaseModel,
     prompts: list[str],
     seed: int = 0,
     steps: int = 30,
@@ -60,7 +51,7 @@ def generate(
     reporter: Reporter = SILENT,
 ) -> np.ndarray:
     """uint8 [N, 64, 64, 3]: one image per prompt; image i uses generator seed `seed + i`."""
-    pipe = pipeline_for(base)
+    pipe = diffusers_pipeline(base)
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
@@ -73,7 +64,7 @@ def generate(
 
 
 def prompt_following(
-    base: Any,
+    base: BaseModel,
     oracle: Optional[Oracle] = None,
     n_per_set: int = 100,
     seed: int = 0,
@@ -114,7 +105,7 @@ def prompt_following(
 
 
 def character_following(
-    base: Any,
+    base: BaseModel,
     oracle: Optional[Oracle] = None,
     characters: Any = None,
     n_per_character: int = 20,

@@ -148,12 +148,13 @@ def _precision_dtype(precision: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from clif_core.training.precision import make_accelerator
+
     from ..cli import tqdm_reporter
     from ..concepts.file_format import load_concept_file, save_concept_file
     from ..models.loader import load_base_model
     from ..progress import Reporter
     from .data import open_dataset
-    from .loop import make_accelerator
 
     configs = stage_configs(args)
     for config in configs:
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_decoder(base, args.dataset, args.run_dir, configs[0], init, reporter, accelerator,
                                args.restart, class_dir=args.class_dir)
     else:
-        from .stages import train_concepts
+        from .both_stages import train_concepts
 
         result = train_concepts(base, args.dataset, args.vision, args.run_dir, configs[0], configs[1], reporter,
                                 accelerator, args.restart, class_dir=args.class_dir)

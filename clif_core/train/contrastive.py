@@ -15,10 +15,11 @@ and discarded afterwards. The output is an intermediate concept file: the embedd
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +28,23 @@ from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.lora_keys import TEXT_LORA_TARGETS, lora_from_peft, text_encoder_keys
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use
+from clif_core.models.prompts import pooled_features
 from clif_core.options import STAGE1
 from clif_core.progress import SILENT, Reporter
+from clif_core.training.loop import LoopConfig, ParamGroup, run_training
+from clif_core.training.lora import trainable_lora
+from clif_core.training.precision import check_precision, make_accelerator
+from clif_core.training.run_folder import RunFolder, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
 from .leakage import LeakagePreview, leakage_prompts
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
-from .run_folder import RunFolder
-from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
-from .text import pooled_features
+from .result import StageResult, base_recipe, write_outputs
 from .tokens import ConceptTokens, initial_concepts
 from .vision import VisionTower, load_vision_tower, pair_encoder
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 OUTPUT = "stage1.safetensors"
 ADAPTER = "clif_stage1"
@@ -243,7 +249,7 @@ def _evaluate(task: ContrastiveTask, held: list[int], autocast: Any) -> dict[str
 
 
 def train_contrastive(
-    base: Any,
+    base: BaseModel,
     dataset: str | Path,
     vision: str | Path | VisionTower,
     run_dir: str | Path,
@@ -266,11 +272,7 @@ def train_contrastive(
     slot_name, note = pair_encoder(base, tower)
     run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
     with in_use(run.path, enabled=accelerator.is_main_process):
-        recipe = {
-            "stage": "contrastive", "config": config.to_dict(), "base": base_recipe(base),
-            "dataset": data.dataset_fingerprint(ds), "vision": {"projection_dim": tower.projection_dim,
-                                                                 "hidden_size": int(tower.model.config.hidden_size)},
-        }
+        recipe = _recipe(base, ds, tower, config)
         open_run(run, recipe, restart, accelerator)
         reporter.log(f"stage 1: {note}")
 
@@ -279,11 +281,9 @@ def train_contrastive(
             raise ClifError(f"dataset {ds.root} leaves no training samples after holding out {config.holdout:.0%}")
         features = image_features(ds, tower)
         init = initial_concepts(base, data.dataset_concepts(ds), config.vectors)
-        tokens = ConceptTokens(base, init, trainable=[slot_name])
-        try:
-            slot = base.slot(slot_name)
+        slot = base.slot(slot_name)
+        with ConceptTokens(base, init, trainable=[slot_name]) as tokens, _text_lora(slot.encoder, config) as lora:
             captions = [tokens.expand(r.caption) for r in ds.records]
-            lora = _add_text_lora(slot.encoder, config) if config.text_lora_rank else {}
             logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
             text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
             leakage = LeakagePreview(
@@ -293,15 +293,7 @@ def train_contrastive(
             before = _evaluate(task, held, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")
             after = _evaluate(task, held, accelerator.autocast)
-            text_lora = lora_from_peft(slot.encoder, text_encoder_keys(base.family, slot_name).kohya_prefix, ADAPTER) \
-                if lora else {}
-            concepts = ConceptFile(
-                concepts=tokens.entries(), base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-                base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, text_lora=text_lora,
-                recipe={"stage1": recipe}, title=", ".join(c.name for c in init.concepts) + " (stage 1)",
-            )
-        finally:
-            tokens.remove()
+            concepts = _stage1_file(base, tokens, slot_name, bool(lora), recipe)
         metrics = {
             "paired_encoder": slot_name, "projection": text.projection, "temperature": float(text.scale()),
             "before": before, "after": after, "final_loss": trained.final_loss,
@@ -313,17 +305,31 @@ def train_contrastive(
         return result
 
 
-def _add_text_lora(encoder: Any, config: ContrastiveConfig) -> dict[str, torch.nn.Parameter]:
-    """A peft LoRA on the text encoder (weights drawn from the run's seed); its float32 parameters by name."""
-    from peft import LoraConfig
+def _recipe(base: BaseModel, ds: Any, tower: VisionTower, config: ContrastiveConfig) -> dict[str, Any]:
+    """What must match for a run to resume: the stage, its settings, the base, the dataset and the tower's shape."""
+    return {
+        "stage": "contrastive", "config": config.to_dict(), "base": base_recipe(base),
+        "dataset": data.dataset_fingerprint(ds), "vision": {"projection_dim": tower.projection_dim,
+                                                             "hidden_size": int(tower.model.config.hidden_size)},
+    }
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.loop.seed)
-        encoder.add_adapter(LoraConfig(
-            r=config.text_lora_rank, lora_alpha=config.text_lora_alpha or config.text_lora_rank,
-            target_modules=list(config.text_lora_targets), lora_dropout=0.0,
-        ), adapter_name=ADAPTER)
-    params = {n: p for n, p in encoder.named_parameters() if f".{ADAPTER}." in n}
-    for p in params.values():
-        p.data = p.data.float()
-    return params
+
+def _stage1_file(base: BaseModel, tokens: ConceptTokens, slot_name: str, with_lora: bool,
+                 recipe: dict[str, Any]) -> ConceptFile:
+    """The intermediate concept file: the trained token rows and, when trained, the paired encoder's text LoRA."""
+    slot = base.slot(slot_name)
+    text_lora = lora_from_peft(slot.encoder, text_encoder_keys(base.family, slot_name).kohya_prefix, ADAPTER) \
+        if with_lora else {}
+    return ConceptFile(
+        concepts=tokens.entries(), base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, text_lora=text_lora,
+        recipe={"stage1": recipe}, title=", ".join(c.name for c in tokens.init.concepts) + " (stage 1)",
+    )
+
+
+def _text_lora(encoder: Any, config: ContrastiveConfig) -> ContextManager[dict[str, torch.nn.Parameter]]:
+    """The text encoder's trainable LoRA (weights drawn from the run's seed), or none when its rank is 0."""
+    if not config.text_lora_rank:
+        return contextlib.nullcontext({})
+    return trainable_lora(encoder, ADAPTER, config.text_lora_rank, config.text_lora_alpha or config.text_lora_rank,
+                          config.text_lora_targets, config.loop.seed)

@@ -16,26 +16,31 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from clif_core.concepts.file_format import ConceptFile, make_thumbnail
+from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.lora_keys import UNET_LORA_TARGETS, UNET_PREFIX, lora_from_peft
+from clif_core.concepts.thumbnail import make_thumbnail
 from clif_core.errors import ClifError
 from clif_core.fileio import in_use
+from clif_core.models.base import BaseModel
+from clif_core.models.prompts import unet_conditioning
+from clif_core.models.vae import encode_pixels
 from clif_core.options import STAGE2
 from clif_core.progress import SILENT, Reporter
+from clif_core.training.loop import LoopConfig, ParamGroup, TrainResult, run_training
+from clif_core.training.lora import trainable_lora
+from clif_core.training.precision import check_precision, make_accelerator
+from clif_core.training.run_folder import RunFolder, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
 from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
-from .loop import LoopConfig, ParamGroup, make_accelerator, run_training
 from .prior import CLASS_PROMPT, class_images
-from .run_folder import RunFolder
-from .stage import StageResult, base_recipe, check_precision, open_run, write_outputs
-from .text import unet_conditioning
+from .result import StageResult, base_recipe, write_outputs
 from .tokens import ConceptTokens, initial_concepts
 
 OUTPUT = "concepts.safetensors"
@@ -103,26 +108,6 @@ class Latents:
     size: tuple[int, int]  # image (h, w) in pixels
 
 
-@torch.no_grad()
-def encode_images(base: Any, images: Sequence[torch.Tensor], batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE latent mean and standard deviation of images [3, H, W] in 0..1 (float32, on the model's device)."""
-    vae = base.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        means, stds = [], []
-        for start in range(0, len(images), batch):
-            x = torch.stack(list(images[start : start + batch])).to(base.device, vae.dtype) * 2 - 1
-            dist = vae.encode(x).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-    finally:
-        if upcast:
-            vae.to(torch.float16)  # fp16 → fp32 → fp16 is exact
-    return torch.cat(means), torch.cat(stds)
-
-
 def _weights(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int], background: float, on: bool) -> torch.Tensor:
     """Per-sample loss weights [N, 1, h, w] with mean 1: slot masks count 1, background `background`."""
     if not on:
@@ -136,7 +121,7 @@ def _weights(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int], backgrou
 class DecoderTask:
     """The loop's view of stage 2."""
 
-    def __init__(self, base: Any, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
+    def __init__(self, base: BaseModel, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
                  train: Latents, prior: Optional[Latents], previews: Sequence[PreviewPrompt]):
         from diffusers import DDPMScheduler
 
@@ -247,23 +232,14 @@ def _fingerprint(cf: ConceptFile) -> str:
     return h.hexdigest()[:16]
 
 
-def _add_unet_lora(unet: Any, config: DecoderConfig) -> dict[str, torch.nn.Parameter]:
-    from peft import LoraConfig
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.loop.seed)
-        unet.add_adapter(LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-            target_modules=list(config.lora_targets), lora_dropout=0.0,
-        ), adapter_name=ADAPTER)
-    params = {n: p for n, p in unet.named_parameters() if f".{ADAPTER}." in n}
-    for p in params.values():
-        p.data = p.data.float()  # fp32 master weights over half-precision frozen ones
-    return params
+def _unet_lora(unet: Any, config: DecoderConfig) -> ContextManager[dict[str, torch.nn.Parameter]]:
+    """Stage 2's trainable UNet LoRA (weights drawn from the run's seed), taken off again on leaving."""
+    return trainable_lora(unet, ADAPTER, config.lora_rank, config.lora_alpha or config.lora_rank, config.lora_targets,
+                          config.loop.seed)
 
 
 def train_decoder(
-    base: Any,
+    base: BaseModel,
     dataset: str | Path,
     run_dir: str | Path,
     config: Optional[DecoderConfig] = None,
@@ -297,23 +273,46 @@ def train_decoder(
             "class_dir": str(class_dir) if class_dir and config.prior_weight else None,
         }
         open_run(run, recipe, restart, accelerator)
-
         encoded = _encode_dataset(base, ds, config)
         prior_images = None
         if config.prior_weight:
-            words = sorted({c[2] for c in concepts})
             with accelerator.main_process_first():
                 prior_images = class_images(
-                    base, words, config.prior_images, config.loop.seed, run.path / "class_images",
-                    config.prior_generation_steps, Path(class_dir) if class_dir else None, generate, reporter)
+                    base, sorted({c[2] for c in concepts}), config.prior_images, config.loop.seed,
+                    run.path / "class_images", config.prior_generation_steps, Path(class_dir) if class_dir else None,
+                    generate, reporter)
         start = init if init is not None else initial_concepts(base, concepts, config.vectors)
-        tokens = ConceptTokens(base, start, trainable=[s.name for s in base.text] if config.train_tokens else [])
-        try:
-            train_latents = Latents(encoded.mean, encoded.std, [tokens.expand(c) for c in encoded.captions],
-                                    encoded.weights, encoded.size)
-            prior = _prior_latents(base, prior_images, encoded) if prior_images else None
-            lora = _add_unet_lora(base.unet, config)
-            previews = leakage_prompts(ds.records, [c[1] for c in concepts], config.preview_prompt)
+        trained = _train(base, ds, start, [c[1] for c in concepts], config, encoded, prior_images, run, accelerator,
+                         reporter)
+        result = StageResult(_result_file(base, init, recipe, trained), run.output(OUTPUT), run.path,
+                             trained.metrics, _notes(init), trained.train)
+        write_outputs(result, run, accelerator)
+        return result
+
+
+@dataclass
+class _Trained:
+    """What `_train` hands back: the concepts' vectors, the UNet LoRA, the loop's result and the metrics."""
+
+    entries: list
+    unet_lora: dict[str, torch.Tensor]
+    train: TrainResult
+    metrics: dict[str, Any]
+    thumbnail: Optional[Any]
+
+
+def _train(base: BaseModel, ds: Any, start: ConceptFile, tokens_of: Sequence[str], config: DecoderConfig,
+           encoded: Latents, prior_images: Optional[Sequence[Any]], run: RunFolder, accelerator: Any,
+           reporter: Reporter) -> _Trained:
+    """The tokens (`tokens_of`: their placeholders in the dataset's order) and the UNet LoRA on `base` for the
+    loop, and what they became; `base` is as it was afterwards."""
+    trainable = [s.name for s in base.text] if config.train_tokens else []
+    with ConceptTokens(base, start, trainable) as tokens:
+        train_latents = Latents(encoded.mean, encoded.std, [tokens.expand(c) for c in encoded.captions],
+                                encoded.weights, encoded.size)
+        prior = _prior_latents(base, prior_images, encoded) if prior_images else None
+        with _unet_lora(base.unet, config) as lora:
+            previews = leakage_prompts(ds.records, tokens_of, config.preview_prompt)
             task = DecoderTask(base, tokens, lora, config, train_latents, prior, previews)
             before = task.fixed_loss(config.loop.seed, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
@@ -322,33 +321,36 @@ def train_decoder(
             if config.preview_steps and accelerator.is_main_process:  # the last column: all concepts together
                 thumbnail = make_thumbnail(task.leakage.render(previews[-1:])[0])
             unet_lora = lora_from_peft(base.unet, UNET_PREFIX, ADAPTER)
-            entries = tokens.entries()
-        finally:
-            tokens.remove()
-        metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
-                   "prediction_type": task.prediction_type, "preview_prompts": [p.prompt for p in previews]}
-        notes = []
-        if init is not None and init.metadata.get("stage1", {}).get("note"):
-            notes.append(init.metadata["stage1"]["note"])
-        result_file = ConceptFile(
-            concepts=entries, base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
-            base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=unet_lora,
-            text_lora=dict(init.text_lora) if init is not None else {},
-            recipe={**(init.recipe if init is not None else {}), "stage2": recipe},
-            title=", ".join(c.name for c in entries), thumbnail=thumbnail,
-            metadata={**(init.metadata if init is not None else {}), "stage2": metrics},
-        )
-        result = StageResult(result_file, run.output(OUTPUT), run.path, metrics, notes, trained)
-        write_outputs(result, run, accelerator)
-        return result
+        entries = tokens.entries()
+    metrics = {"fixed_batch_loss": {"before": before, "after": after}, "final_loss": trained.final_loss,
+               "prediction_type": task.prediction_type, "preview_prompts": [p.prompt for p in previews]}
+    return _Trained(entries, unet_lora, trained, metrics, thumbnail)
 
 
-def _encode_dataset(base: Any, ds: Any, config: DecoderConfig, batch: int = 8) -> Latents:
+def _notes(init: Optional[ConceptFile]) -> list[str]:
+    if init is not None and init.metadata.get("stage1", {}).get("note"):
+        return [init.metadata["stage1"]["note"]]
+    return []
+
+
+def _result_file(base: BaseModel, init: Optional[ConceptFile], recipe: dict[str, Any], trained: _Trained) -> ConceptFile:
+    """The final concept file: the trained tokens and UNet LoRA, stage 1's text LoRA, both stages' recipes."""
+    return ConceptFile(
+        concepts=trained.entries, base_family=base.family, encoder_widths={s.name: s.width for s in base.text},
+        base_fingerprint=base.fingerprint, base_prediction_type=base.prediction_type, unet_lora=trained.unet_lora,
+        text_lora=dict(init.text_lora) if init is not None else {},
+        recipe={**(init.recipe if init is not None else {}), "stage2": recipe},
+        title=", ".join(c.name for c in trained.entries), thumbnail=trained.thumbnail,
+        metadata={**(init.metadata if init is not None else {}), "stage2": trained.metrics},
+    )
+
+
+def _encode_dataset(base: BaseModel, ds: Any, config: DecoderConfig, batch: int = 8) -> Latents:
     """Every sample's latent distribution, caption (placeholders as written) and loss weights."""
     means, stds, weights, captions = [], [], [], []
     for start in range(0, len(ds), batch):
         samples = [ds[i] for i in range(start, min(len(ds), start + batch))]
-        mean, std = encode_images(base, [s.image for s in samples])
+        mean, std = encode_pixels(base, [s.image for s in samples])
         means.append(mean)
         stds.append(std)
         weights.append(_weights([s.masks for s in samples], tuple(mean.shape[-2:]), config.background_weight,
@@ -358,7 +360,7 @@ def _encode_dataset(base: Any, ds: Any, config: DecoderConfig, batch: int = 8) -
     return Latents(torch.cat(means), torch.cat(stds), captions, torch.cat(weights), size)
 
 
-def _prior_latents(base: Any, images: Sequence[Any], like: Latents) -> Latents:
+def _prior_latents(base: BaseModel, images: Sequence[Any], like: Latents) -> Latents:
     """Class images, centre-cropped and resized to the dataset's size, encoded once."""
     import numpy as np
     from PIL import ImageOps
@@ -369,5 +371,5 @@ def _prior_latents(base: Any, images: Sequence[Any], like: Latents) -> Latents:
             fitted = ImageOps.fit(im.convert("RGB"), (like.size[1], like.size[0]))
             tensors.append(torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0).permute(2, 0, 1))
             captions.append(CLASS_PROMPT.format(word=concept.word))
-    mean, std = encode_images(base, tensors)
+    mean, std = encode_pixels(base, tensors)
     return Latents(mean, std, captions, torch.ones(len(captions), *like.weights.shape[1:]), like.size)

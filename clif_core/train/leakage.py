@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -27,6 +27,9 @@ from clif_core.sample.sampler import sample
 from clif_core.sheets import labelled_grid
 
 from .prior import CLASS_PROMPT
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class LeakagePreview:
     `applied_tokens` maps each placeholder to its vector tokens (the training run's `ConceptTokens`, already
     on `base`)."""
 
-    base: Any
+    base: BaseModel
     prompts: Sequence[PreviewPrompt]
     applied_tokens: Mapping[str, Sequence[str]]
     modules: Sequence[torch.nn.Module]

@@ -7,10 +7,13 @@ is applied, and cached like augmentation's common-concept pictures. (Previews wh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from clif_core.augment.common import PROMPT_TEMPLATE, CommonConcept, resolve_common
+from clif_core.augment.common_concepts import PROMPT_TEMPLATE, CommonConcept, resolve_common
 from clif_core.progress import SILENT, Reporter
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 CLASS_PROMPT = PROMPT_TEMPLATE  # "a photo of {word}": the caption class images are trained with
 
@@ -18,7 +21,7 @@ GenerateFn = Callable[[str, int, int], list]
 
 
 def class_images(
-    base: Any,
+    base: BaseModel,
     class_words: Sequence[str],
     n: int,
     seed: int,

@@ -5,12 +5,12 @@ copies with "<a>", "<a>_1", …, extended embedding tables, the EOS-pooling fix,
 earlier stage). On the encoders being trained, the extended table is then wrapped by `ConceptRows`: the
 original rows are used as they are, without gradient, and only the new rows are a parameter, so no
 other row can move (they are the very same tensor) and the optimizer holds state for the new rows only.
-`ConceptTokens.remove()` puts the base model back exactly as it was.
+Leaving `ConceptTokens` (or `remove()`) puts the base model back exactly as it was.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from clif_core.concepts.apply import AppliedConcepts, apply_concepts
 from clif_core.concepts.file_format import ConceptEntry, ConceptFile
 from clif_core.errors import ClifError
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 
 class ConceptRows(torch.nn.Module):
@@ -49,7 +52,7 @@ def class_word_vectors(slot: Any, class_word: str, k: int) -> torch.Tensor:
     return table[torch.tensor(ids, device=table.device)].float().mean(0, keepdim=True).repeat(k, 1).cpu()
 
 
-def initial_concepts(base: Any, concepts: Sequence[tuple[str, str, str]], vectors: int) -> ConceptFile:
+def initial_concepts(base: BaseModel, concepts: Sequence[tuple[str, str, str]], vectors: int) -> ConceptFile:
     """A concept file (no LoRA) whose (name, token, class word) concepts start from their class words."""
     if vectors < 1:
         raise ClifError(f"vectors per concept is {vectors}; it must be at least 1")
@@ -64,13 +67,17 @@ def initial_concepts(base: Any, concepts: Sequence[tuple[str, str, str]], vector
 
 
 class ConceptTokens:
-    """`init`'s concepts (and its text LoRA) applied to `base`; rows of the `trainable` encoders train."""
+    """`init`'s concepts (and its text LoRA) applied to `base`; rows of the `trainable` encoders train.
 
-    def __init__(self, base: Any, init: ConceptFile, trainable: Sequence[str]):
+    A context manager (or call `remove()`): it takes off exactly what it put on, the row wrappers and then
+    the applied concepts, and nothing another owner added (a LoRA being trained has its own owner)."""
+
+    def __init__(self, base: BaseModel, init: ConceptFile, trainable: Sequence[str]):
         self.base = base
         self.init = init
         self.applied: AppliedConcepts = apply_concepts(base, [(init, 1.0)])
         self.rows: dict[str, torch.nn.Parameter] = {}
+        self._extended: dict[str, torch.nn.Module] = {}  # encoder → the table the rows wrap
         n_new = sum(c.vectors for c in init.concepts)
         try:
             for slot in base.text:
@@ -78,10 +85,17 @@ class ConceptTokens:
                     table = slot.encoder.get_input_embeddings()
                     wrapped = ConceptRows(table, table.weight.shape[0] - n_new)
                     slot.encoder.set_input_embeddings(wrapped)
+                    self._extended[slot.name] = table
                     self.rows[slot.name] = wrapped.rows
         except BaseException:
-            self.applied.remove()
+            self.remove()
             raise
+
+    def __enter__(self) -> "ConceptTokens":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     def expand(self, prompt: str) -> str:
         """The prompt with each placeholder written as its k vector tokens."""
@@ -101,5 +115,8 @@ class ConceptTokens:
         return out
 
     def remove(self) -> None:
-        """Take the tokens (and every LoRA layer added since) off the base model again."""
+        """Take the row wrappers and the applied concepts off the base model again (idempotent)."""
+        while self._extended:
+            name, table = self._extended.popitem()
+            self.base.slot(name).encoder.set_input_embeddings(table)
         self.applied.remove()

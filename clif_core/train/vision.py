@@ -17,12 +17,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from clif_core.errors import ClifError
 from clif_core.validation import parse_json, read_json
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -220,7 +223,7 @@ def text_output_width(slot: Any) -> int:
     return int(projection.out_features) if projection is not None else slot.width
 
 
-def pair_encoder(base: Any, tower: VisionTower) -> tuple[str, str]:
+def pair_encoder(base: BaseModel, tower: VisionTower) -> tuple[str, str]:
     """(encoder name, note): the text encoder this vision tower trains against, by projection width.
 
     SDXL pairs encoder 2 (clip_g) with a bigG tower; with a tower that fits only encoder 1 (a ViT-L/14), stage 1

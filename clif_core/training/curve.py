@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from clif_core.errors import ClifError
 from clif_core.fileio import atomic_path, write_text_atomic
+from clif_core.sheets import load_font
 
 History = Sequence[tuple[int, float, float]]  # (step, loss, lr)
 
@@ -37,13 +38,6 @@ def read_loss_csv(path: Path) -> list[tuple[int, float, float]]:
         return [(int(s), float(loss), float(lr)) for s, loss, lr in rows[1:]]
     except (OSError, ValueError) as err:
         raise ClifError(f"loss curve {path} cannot be read ({err}); it is written by a training run") from None
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -80,7 +74,7 @@ def draw_loss_curve(
     panels = [(title, list(h)) for title, h in curves] or [("loss", [])]
     image = Image.new("RGB", (width, height * len(panels)), "white")
     draw = ImageDraw.Draw(image)
-    font = _font(13)
+    font = load_font(13)
     left, right, top, bottom = 64, 16, 28, 36
     for p, (title, history) in enumerate(panels):
         y0 = p * height

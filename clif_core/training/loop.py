@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
@@ -139,39 +138,6 @@ class TrainResult:
         return self.history[-1][1] if self.history else math.nan
 
 
-def resolve_precision(mixed_precision: str, device: torch.device) -> str:
-    if mixed_precision == "auto":
-        if device.type != "cuda":
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if mixed_precision == "fp16" and device.type != "cuda":
-        raise ClifError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this device")
-    return mixed_precision
-
-
-def distributed_launch() -> bool:
-    """True inside `accelerate launch`/torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def make_accelerator(config: LoopConfig, device: Optional[torch.device] = None) -> Any:
-    """An `accelerate.Accelerator` for `config` on `device` (default: what the launch environment says).
-
-    accelerate keeps its state in process-wide singletons that refuse a second precision; a long-lived
-    single process (ComfyUI) trains many times, so that state is reset first when no launcher started us.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if not distributed_launch():
-        AcceleratorState._reset_state(reset_partial_state=True)
-    if device is None:  # the launcher's choice: a process per GPU, else processes on the CPU
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    precision = resolve_precision(config.mixed_precision, device)
-    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
-
-
 def sub_reporter(reporter: Reporter, offset: int, total: int) -> Reporter:
     """A Reporter for one part of a longer job: steps are shifted by `offset` within `total`."""
     return Reporter(
@@ -245,9 +211,18 @@ def run_training(
     when the loss or the trainable weights are not finite.
     """
     config.check()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-    groups = task.param_groups()
+    session = _Session(task, config, run, accelerator, reporter, label)
+    found = session.resume()
+    session.check_batches()
+    session.train()
+    return TrainResult(
+        steps=session.step, history=session.history, resumed_from=found[0] if found else None,
+        optimizer=session.optimizer_name, precision=accelerator.mixed_precision, processes=session.world, run=run,
+    )
+
+
+def _trainable(groups: Sequence[ParamGroup], label: str) -> dict[str, torch.nn.Parameter]:
+    """Every trainable tensor by "group/name", switched to requiring gradients; float32 master weights only."""
     named: dict[str, torch.nn.Parameter] = {}
     for g in groups:
         for name, p in g.params.items():
@@ -260,160 +235,201 @@ def run_training(
             named[key] = p
     if not named:
         raise ClifError(f"{label}: nothing to train (every trainable part is switched off)")
-    params = list(named.values())
-    torch_groups = [
-        {"params": list(g.params.values()), "lr": g.lr, "initial_lr": g.lr,
-         **({"weight_decay": g.weight_decay} if g.weight_decay is not None else {})}
-        for g in groups
-    ]
-    device = accelerator.device
-    optimizer, optimizer_name = make_optimizer(
-        torch_groups, device, config.adam_8bit, tuple(config.adam_betas), config.adam_eps, config.weight_decay
-    )
-    optimizer = accelerator.prepare_optimizer(optimizer)
-    precision = accelerator.mixed_precision
+    return named
 
-    history: list[tuple[int, float, float]] = []
-    start = 0
-    found = run.latest_checkpoint(config.steps)
-    if found is not None:
-        ckpt = load_checkpoint(found[1])
-        if sorted(ckpt.params) != sorted(named):
-            raise ClifError(
-                f"checkpoint {found[1]} holds the tensors of another setup; restart the run or use another run name"
-            )
-        with torch.no_grad():
-            for key, p in named.items():
-                p.copy_(ckpt.params[key])
-        optimizer.load_state_dict(ckpt.optimizer)
-        if accelerator.scaler is not None and ckpt.scaler:
-            accelerator.scaler.load_state_dict(ckpt.scaler)
-        history, start = list(ckpt.history), ckpt.step
-        reporter.log(f"{label}: resuming from step {start} ({found[1].name})")
-    last_saved = start
 
-    per_batch = config.batch_size * world
-    orders = _EpochOrders(task, config.seed, config.batch_size)
-    per_epoch = len(orders.get(0)) // per_batch
-    if per_epoch == 0:
-        raise ClifError(
-            f"{label}: {task.num_samples()} training samples give no full batch of {per_batch} "
-            f"(batch size {config.batch_size} × {world} process(es)); lower the batch size or add samples"
+class _Session:
+    """One call of `run_training`: the trainable tensors, their optimizer, the loss history and the step."""
+
+    def __init__(self, task: TrainTask, config: LoopConfig, run: RunFolder, accelerator: Any, reporter: Reporter,
+                 label: str):
+        self.task, self.config, self.run, self.accelerator = task, config, run, accelerator
+        self.reporter, self.label = reporter, label
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.main = accelerator.is_main_process
+        groups = task.param_groups()
+        self.named = _trainable(groups, label)
+        self.params = list(self.named.values())
+        torch_groups = [
+            {"params": list(g.params.values()), "lr": g.lr, "initial_lr": g.lr,
+             **({"weight_decay": g.weight_decay} if g.weight_decay is not None else {})}
+            for g in groups
+        ]
+        self.device = accelerator.device
+        optimizer, self.optimizer_name = make_optimizer(
+            torch_groups, self.device, config.adam_8bit, tuple(config.adam_betas), config.adam_eps, config.weight_decay
         )
+        self.optimizer = accelerator.prepare_optimizer(optimizer)
+        self.history: list[tuple[int, float, float]] = []
+        self.step = 0
+        self.last_saved = 0
+        self.between_steps = True
+        self.per_batch = config.batch_size * self.world
+        self.orders = _EpochOrders(task, config.seed, config.batch_size)
+        self.per_epoch = 0
 
-    def check_weights(step: int) -> None:
-        bad = _non_finite(named)
+    def resume(self) -> Optional[tuple[int, Any]]:
+        """Load the run folder's latest checkpoint (tensors, optimizer, scaler, history, step), if there is one."""
+        found = self.run.latest_checkpoint(self.config.steps)
+        if found is not None:
+            ckpt = load_checkpoint(found[1])
+            if sorted(ckpt.params) != sorted(self.named):
+                raise ClifError(
+                    f"checkpoint {found[1]} holds the tensors of another setup; restart the run or use another run "
+                    "name"
+                )
+            with torch.no_grad():
+                for key, p in self.named.items():
+                    p.copy_(ckpt.params[key])
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            if self.accelerator.scaler is not None and ckpt.scaler:
+                self.accelerator.scaler.load_state_dict(ckpt.scaler)
+            self.history, self.step = list(ckpt.history), ckpt.step
+            self.reporter.log(f"{self.label}: resuming from step {self.step} ({found[1].name})")
+        self.last_saved = self.step
+        return found
+
+    def check_batches(self) -> None:
+        """At least one full batch per epoch, or a ClifError that says what to change."""
+        self.per_epoch = len(self.orders.get(0)) // self.per_batch
+        if self.per_epoch == 0:
+            raise ClifError(
+                f"{self.label}: {self.task.num_samples()} training samples give no full batch of {self.per_batch} "
+                f"(batch size {self.config.batch_size} × {self.world} process(es)); lower the batch size or add "
+                "samples"
+            )
+
+    def check_weights(self, step: int) -> None:
+        bad = _non_finite(self.named)
         if bad is not None:
             raise ClifError(
-                f"{label}: the trainable weights ({bad}) became NaN or infinite at step {step}; the run stopped "
-                f"and {_last_good(run)}. Lower the learning rate, keep gradient clipping on (max_grad_norm), "
+                f"{self.label}: the trainable weights ({bad}) became NaN or infinite at step {step}; the run stopped "
+                f"and {_last_good(self.run)}. Lower the learning rate, keep gradient clipping on (max_grad_norm), "
                 "use bf16 instead of fp16, or check the data")
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        check_weights(step)
-        if main:
+    def save(self, step: int) -> None:
+        """A checkpoint of `step` (the oldest beyond `keep_checkpoints` deleted) and the loss curve."""
+        self.check_weights(step)
+        if self.main:
+            scaler = self.accelerator.scaler
             ckpt = Checkpoint(
                 step=step,
-                params={k: p.detach().cpu().clone() for k, p in named.items()},
-                optimizer=optimizer.state_dict(),
-                history=history,
-                scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                params={k: p.detach().cpu().clone() for k, p in self.named.items()},
+                optimizer=self.optimizer.state_dict(),
+                history=self.history,
+                scaler=scaler.state_dict() if scaler is not None else None,
             )
-            save_checkpoint(ckpt, run.checkpoints_dir / checkpoint_name(step))
-            for _step, path in run.checkpoints()[: -config.keep_checkpoints]:
+            save_checkpoint(ckpt, self.run.checkpoints_dir / checkpoint_name(step))
+            for _step, path in self.run.checkpoints()[: -self.config.keep_checkpoints]:
                 path.unlink(missing_ok=True)
-            write_loss_csv(history, run.loss_csv)
-            save_loss_png([(label, history)], run.loss_png)
-        last_saved = step
+            write_loss_csv(self.history, self.run.loss_csv)
+            save_loss_png([(self.label, self.history)], self.run.loss_png)
+        self.last_saved = step
 
-    modules = task.modules()
-    was_training = [m.training for m in modules]
-    if config.gradient_checkpointing:
-        _set_gradient_checkpointing(modules, True)
-    for m in modules:
-        m.train()
-    reporter.log(
-        f"{label}: {config.steps} steps, batch {config.batch_size} × {config.grad_accum} accumulation × {world} "
-        f"process(es), {precision} precision, {optimizer_name}, {sum(p.numel() for p in params):,} trainable values"
-    )
-    between_steps = True
-    step = start
-    fork_devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=fork_devices):
-            reporter.progress(step, config.steps, None)
-            while step < config.steps:
-                factor = warmup_factor(step, config.warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-                micro_losses = []
-                for a in range(config.grad_accum):
-                    stop = reporter.should_stop()
-                    if world > 1:  # every process stops at the same micro-step, or collectives would hang
-                        stop = bool(accelerator.reduce(torch.tensor(float(stop), device=device), "max").item())
-                    if stop:
-                        raise Cancelled(f"{label} stopped on request after {step} steps; nothing final was written")
-                    between_steps = False
-                    micro = step * config.grad_accum + a
-                    torch.manual_seed(_micro_seed(config.seed, micro, rank))
-                    order = orders.get(micro // per_epoch)
-                    at = (micro % per_epoch) * per_batch + rank * config.batch_size
-                    batch = task.load_batch(order[at : at + config.batch_size])
-                    with accelerator.autocast():
-                        loss = task.loss(batch)
-                    micro_losses.append(loss.detach().float())
-                    accelerator.backward(loss / config.grad_accum)
-                mean_loss = torch.stack(micro_losses).mean()
-                if world > 1:
-                    mean_loss = accelerator.reduce(mean_loss, "mean")
-                value = float(mean_loss.item())
-                if not math.isfinite(value):
-                    raise ClifError(
-                        f"{label}: the loss became {value} at step {step + 1}; the run stopped and "
-                        f"{_last_good(run)}. Lower the learning rate, use bf16 instead of fp16, or check the data"
-                    )
-                if world > 1:
-                    for p in params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                        p.grad.copy_(accelerator.reduce(p.grad, "mean"))
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                history.append((step, value, optimizer.param_groups[0]["lr"]))
-                between_steps = True
-                if step % WEIGHT_CHECK_EVERY == 0:
-                    check_weights(step)
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    save(step)
-                    accelerator.wait_for_everyone()
-                if config.log_every and (step % config.log_every == 0 or step == config.steps):
-                    reporter.log(f"{label}: step {step}/{config.steps} loss {value:.5f}")
-                preview = None
-                if main and config.preview_every and step % config.preview_every == 0:
-                    with torch.no_grad(), accelerator.autocast():
-                        preview = task.preview() or draw_loss_curve([(label, history)])
-                    with atomic_path(run.previews_dir / f"step-{step:06d}.png") as tmp:
-                        preview.save(tmp, format="PNG")
-                reporter.progress(step, config.steps, preview)
-    except BaseException:
-        # A cancel (or the host's interrupt raised from the reporter) between steps keeps the finished ones.
-        if between_steps and step > last_saved and _non_finite(named) is None:
-            save(step)
-            reporter.log(f"{label}: stopped after step {step}; checkpoint saved, running again resumes here")
-        raise
-    finally:
-        for m, mode in zip(modules, was_training):
-            m.train(mode)
+    def train(self) -> None:
+        """The steps from the current one to `config.steps`, with the task's modules in train mode meanwhile.
+        A cancel (or the host's interrupt raised from the reporter) between steps keeps the finished ones."""
+        config, modules = self.config, self.task.modules()
+        was_training = [m.training for m in modules]
         if config.gradient_checkpointing:
-            _set_gradient_checkpointing(modules, False)
-        optimizer.zero_grad(set_to_none=True)
-        for p in params:
-            p.requires_grad_(False)
-    return TrainResult(
-        steps=step, history=history, resumed_from=found[0] if found else None, optimizer=optimizer_name,
-        precision=precision, processes=world, run=run,
-    )
+            _set_gradient_checkpointing(modules, True)
+        for m in modules:
+            m.train()
+        self.reporter.log(
+            f"{self.label}: {config.steps} steps, batch {config.batch_size} × {config.grad_accum} accumulation × "
+            f"{self.world} process(es), {self.accelerator.mixed_precision} precision, {self.optimizer_name}, "
+            f"{sum(p.numel() for p in self.params):,} trainable values"
+        )
+        fork_devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=fork_devices):
+                self.reporter.progress(self.step, config.steps, None)
+                while self.step < config.steps:
+                    self.train_step()
+        except BaseException:
+            if self.between_steps and self.step > self.last_saved and _non_finite(self.named) is None:
+                self.save(self.step)
+                self.reporter.log(
+                    f"{self.label}: stopped after step {self.step}; checkpoint saved, running again resumes here")
+            raise
+        finally:
+            for m, mode in zip(modules, was_training):
+                m.train(mode)
+            if config.gradient_checkpointing:
+                _set_gradient_checkpointing(modules, False)
+            self.optimizer.zero_grad(set_to_none=True)
+            for p in self.params:
+                p.requires_grad_(False)
+
+    def train_step(self) -> None:
+        """One optimizer step: warm-up, the accumulated micro-steps, the update, then the bookkeeping."""
+        config = self.config
+        factor = warmup_factor(self.step, config.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        micro_losses = [self.micro_step(a) for a in range(config.grad_accum)]
+        value = self.mean_loss(micro_losses)
+        if self.world > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(self.accelerator.reduce(p.grad, "mean"))
+        if config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.history.append((self.step, value, self.optimizer.param_groups[0]["lr"]))
+        self.between_steps = True
+        self.after_step(value)
+
+    def micro_step(self, a: int) -> torch.Tensor:
+        """Micro-step `a` of the current step: its own seed and batch, the loss and its backward pass."""
+        config, accelerator = self.config, self.accelerator
+        stop = self.reporter.should_stop()
+        if self.world > 1:  # every process stops at the same micro-step, or collectives would hang
+            stop = bool(accelerator.reduce(torch.tensor(float(stop), device=self.device), "max").item())
+        if stop:
+            raise Cancelled(f"{self.label} stopped on request after {self.step} steps; nothing final was written")
+        self.between_steps = False
+        micro = self.step * config.grad_accum + a
+        torch.manual_seed(_micro_seed(config.seed, micro, self.rank))
+        order = self.orders.get(micro // self.per_epoch)
+        at = (micro % self.per_epoch) * self.per_batch + self.rank * config.batch_size
+        batch = self.task.load_batch(order[at : at + config.batch_size])
+        with accelerator.autocast():
+            loss = self.task.loss(batch)
+        value = loss.detach().float()
+        accelerator.backward(loss / config.grad_accum)
+        return value
+
+    def mean_loss(self, micro_losses: list[torch.Tensor]) -> float:
+        """The step's loss (over micro-steps and processes); a loss that is not finite stops the run."""
+        mean_loss = torch.stack(micro_losses).mean()
+        if self.world > 1:
+            mean_loss = self.accelerator.reduce(mean_loss, "mean")
+        value = float(mean_loss.item())
+        if not math.isfinite(value):
+            raise ClifError(
+                f"{self.label}: the loss became {value} at step {self.step + 1}; the run stopped and "
+                f"{_last_good(self.run)}. Lower the learning rate, use bf16 instead of fp16, or check the data"
+            )
+        return value
+
+    def after_step(self, value: float) -> None:
+        """Weight check, checkpoint, log line, preview and progress after a finished step."""
+        config, step = self.config, self.step
+        if step % WEIGHT_CHECK_EVERY == 0:
+            self.check_weights(step)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            self.save(step)
+            self.accelerator.wait_for_everyone()
+        if config.log_every and (step % config.log_every == 0 or step == config.steps):
+            self.reporter.log(f"{self.label}: step {step}/{config.steps} loss {value:.5f}")
+        preview = None
+        if self.main and config.preview_every and step % config.preview_every == 0:
+            with torch.no_grad(), self.accelerator.autocast():
+                preview = self.task.preview() or draw_loss_curve([(self.label, self.history)])
+            with atomic_path(self.run.previews_dir / f"step-{step:06d}.png") as tmp:
+                preview.save(tmp, format="PNG")
+        self.reporter.progress(step, config.steps, preview)

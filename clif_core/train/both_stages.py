@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
+from clif_core.training.loop import sub_reporter
+from clif_core.training.precision import make_accelerator
 
 from .contrastive import ContrastiveConfig, train_contrastive
 from .decoder import DecoderConfig, train_decoder
-from .loop import make_accelerator, sub_reporter
-from .stage import StageResult
+from .result import StageResult
 from .vision import VisionTower
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 STAGE_DIRS = ("stage1", "stage2")
 
 
 def train_concepts(
-    base: Any,
+    base: BaseModel,
     dataset: str | Path,
     vision: str | Path | VisionTower,
     run_dir: str | Path,

@@ -134,3 +134,10 @@ class RunFolder:
         shutil.rmtree(self.previews_dir, ignore_errors=True)
         for path in (self.loss_csv, self.loss_png, self.run_file, *(self.output(n) for n in self.outputs)):
             path.unlink(missing_ok=True)
+
+
+def open_run(run: RunFolder, recipe: dict[str, Any], restart: bool, accelerator: Any) -> None:
+    """Open the run folder on the main process (the others wait), so only one process writes it."""
+    if accelerator.is_main_process:
+        run.open(recipe, restart=restart)
+    accelerator.wait_for_everyone()

@@ -1,20 +1,19 @@
-"""What CLIF's two training stages share around the loop: the result they return, setup checks, writing."""
+"""What CLIF's two training stages return, and how each writes it (the concept file and metrics.json)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from clif_core.concepts.file_format import ConceptFile, save_concept_file
-from clif_core.errors import ClifError
 from clif_core.fileio import write_text_atomic
+from clif_core.training.loop import TrainResult
+from clif_core.training.run_folder import RunFolder
 
-from .loop import TrainResult
-from .run_folder import RunFolder
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 METRICS_FILE = "metrics.json"
 
@@ -39,25 +38,9 @@ class StageResult:
         return "\n".join(lines)
 
 
-def base_recipe(base: Any) -> dict[str, Any]:
+def base_recipe(base: BaseModel) -> dict[str, Any]:
     return {"family": base.family, "fingerprint": base.fingerprint, "prediction_type": base.prediction_type,
             "dtype": str(base.dtype).removeprefix("torch.")}
-
-
-def check_precision(base: Any, precision: str) -> None:
-    """Frozen weights in half precision need autocast: full precision on them would mix dtypes."""
-    if precision == "no" and base.dtype != torch.float32:
-        raise ClifError(
-            f"the base model is loaded in {str(base.dtype).removeprefix('torch.')}; training without mixed "
-            "precision needs it in float32. Choose mixed precision bf16/fp16, or load the base model in float32"
-        )
-
-
-def open_run(run: RunFolder, recipe: dict[str, Any], restart: bool, accelerator: Any) -> None:
-    """Open the run folder on the main process (the others wait), so only one process writes it."""
-    if accelerator.is_main_process:
-        run.open(recipe, restart=restart)
-    accelerator.wait_for_everyone()
 
 
 def write_outputs(result: StageResult, run: RunFolder, accelerator: Any) -> None:
