@@ -48,6 +48,8 @@ def test_stop_resume_export_and_load(tmp_path):
     ceiling = state.vae_ceiling  # the oracle on the VAE's reconstructions, measured when the VAE stage ended
     assert ceiling["renders"] == 16 and 0 <= ceiling["reconstructed"]["scene"] <= 1
     assert ceiling["clean"]["scene"] >= 0.5  # the oracle reads real renders; a test-size VAE's output it cannot
+    assert set(ceiling["per_set"]) == {"one_object", "two_objects", "figures"}  # the prompt sets' own ceilings
+    assert ceiling["per_set"]["one_object"]["clean"] >= 0.6
 
     paths = export_model(work, tmp_path / "model")
     from clif_core.models.loader import load_base_model

@@ -428,9 +428,11 @@ def _train_vae(t: _Trainer, world: WorldSet) -> bool:
         if DEFAULT_WEIGHTS.is_file() and cfg.ceiling_renders > 0:
             from clif_core.sandbox.vae_ceiling import vae_ceiling
 
-            t.state.vae_ceiling = vae_ceiling(vae.eval(), n=cfg.ceiling_renders)
-            t.reporter.log(f"VAE ceiling: oracle reads {t.state.vae_ceiling['reconstructed']['scene']:.3f} of "
-                           f"reconstructions, {t.state.vae_ceiling['clean']['scene']:.3f} of the renders")
+            ceiling = vae_ceiling(vae.eval(), n=cfg.ceiling_renders, n_per_set=cfg.ceiling_renders // 3)
+            t.state.vae_ceiling = ceiling
+            per_set = ", ".join(f"{k} {v['reconstructed']:.3f}/{v['clean']:.3f}" for k, v in ceiling["per_set"].items())
+            t.reporter.log(f"VAE ceiling: oracle reads {ceiling['reconstructed']['scene']:.3f} of reconstructions, "
+                           f"{ceiling['clean']['scene']:.3f} of the renders; per prompt set {per_set}")
         t.state.stage, t.state.step = "clip", 0
         _write_checkpoint(t.work, t.state, cfg, {"vae": vae}, {})
     return done
