@@ -91,7 +91,7 @@ def isolation_main(args) -> None:
     from clif_core.models.tiny import build_tiny_model
     from clif_core.sample.regional import layout_regions
     from clif_core.sample.sampler import ConceptUse
-    from tests.test_concept_file import make_concept_file
+    from tests.helpers.concept_files import make_concept_file
 
     torch.set_num_threads(1)
     base = build_tiny_model("sd1", 0)
@@ -257,7 +257,7 @@ def main() -> int:
     from clif_core.models.vae import vae_factor
     from clif_core.sample.regional import layout_regions
     from clif_core.sample.sampler import ConceptUse
-    from tests.test_concept_file import make_concept_file
+    from tests.helpers.concept_files import make_concept_file
 
     folder = None
     if cpu:

@@ -69,6 +69,27 @@ def no_network(monkeypatch) -> NetworkAttempts:
     return attempts
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread: their ops are too small to split, and on a shared CPU extra
+    threads mostly wait for each other. A module takes it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    from tests.helpers.threads import single_thread
+
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """one_torch_thread for a whole module at once, its module-scoped fixtures included (the erasure tests take it
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    from tests.helpers.threads import single_thread
+
+    with single_thread():
+        yield
+
+
 def _tiny(family: str, tmp_path_factory):
     from clif_core.models.tiny import write_tiny_model
 
@@ -106,3 +127,50 @@ def comfy_tiny_sd1(comfy_server, tiny_sd1) -> str:
     if not target.exists():
         shutil.copy(tiny_sd1.single_file, target)
     return COMFY_TINY_SD1
+
+
+@pytest.fixture(scope="module")
+def comfy_sample_concepts(comfy_server, comfy_tiny_sd1, tiny_sd1):
+    """The tiny SD1 checkpoint and a concept file for it in the server's folders; the base as the core loads it.
+
+    The files' names as nodes take them are tests/helpers/comfy_sampling.py's CHECKPOINT and CONCEPTS."""
+    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.models.loader import load_base_model
+    from tests.helpers.comfy_sampling import CONCEPTS
+    from tests.helpers.concept_files import make_concept_file
+
+    base = load_base_model(tiny_sd1.single_file, device="cpu")
+    concepts = make_concept_file(base, seed=5, text_lora=False)
+    save_concept_file(concepts, comfy_server.models_dir / "clif_concepts" / CONCEPTS)
+    return base, concepts
+
+
+# ------------------------------------------------------------------------------ erasure patch (test_erase_*)
+
+
+@pytest.fixture(scope="session")
+def made(tiny_sd1, tmp_path_factory):
+    """A tiny base, an erasure patch made on it (cross-attention weights, SVD-factorised) and its path."""
+    from clif_core.erase.config import EraseTarget
+    from clif_core.erase.trainer import erase_concepts
+    from clif_core.models.loader import load_base_model
+    from tests.helpers.erasure import tiny_config
+    from tests.helpers.threads import single_thread
+
+    root = tmp_path_factory.mktemp("erase_patch")
+    base = load_base_model(tiny_sd1.diffusers_dir, device="cpu")
+    targets = [EraseTarget("a photo of a pig", "a photo of a cow")]
+    with single_thread():
+        result = erase_concepts(base, tiny_config("all-but-one", "xattn", targets=targets, steps=4), root / "run",
+                                root / "patch.safetensors")
+    return base, result.patch, root / "patch.safetensors"
+
+
+@pytest.fixture(scope="session")
+def other_base(tmp_path_factory):
+    """The tiny SD1 model of another seed, loaded: a base an erasure patch of `made` was not made on."""
+    from clif_core.models.loader import load_base_model
+    from clif_core.models.tiny import write_tiny_model
+
+    paths = write_tiny_model("sd1", tmp_path_factory.mktemp("tiny_other"), seed=1)
+    return load_base_model(paths.diffusers_dir, device="cpu")

@@ -28,26 +28,19 @@ from clif_core.cli import main as clif_main
 from clif_core.concepts.spec import Concept
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
+from tests.helpers.datasets import figure
 
 RES = 96
-
-
-def _figure(head, body, bg=(235, 238, 240), size=(80, 96), shift=0) -> Image.Image:
-    img = Image.new("RGB", size, bg)
-    d = ImageDraw.Draw(img)
-    d.ellipse((25 + shift, 8, 55 + shift, 38), fill=head)
-    d.rectangle((18 + shift, 38, 62 + shift, 88), fill=body)
-    return img
 
 
 @pytest.fixture
 def concepts() -> list[Concept]:
     alice = Concept(
         "alice", "<alice>", "woman",
-        [_figure((200, 40, 40), (40, 40, 190)), _figure((200, 40, 40), (40, 40, 190), bg=(250, 250, 245), shift=4)],
+        [figure((200, 40, 40), (40, 40, 190)), figure((200, 40, 40), (40, 40, 190), bg=(250, 250, 245), shift=4)],
         parts=["hair", "dress"],
     )
-    bob = Concept("bob", "<bob>", "man", [_figure((40, 170, 40), (190, 140, 30), bg=(30, 30, 35))])
+    bob = Concept("bob", "<bob>", "man", [figure((40, 170, 40), (190, 140, 30), bg=(30, 30, 35))])
     return [alice, bob]
 
 

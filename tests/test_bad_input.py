@@ -21,44 +21,33 @@ from clif_core.concepts.exports import import_comfy
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model
-from tests.test_concept_file import make_concept_file
+from tests.helpers.broken_files import BROKEN_FILES, NaN, rewritten
+from tests.helpers.cli import run_cli
+from tests.helpers.concept_files import make_concept_file
+from tests.helpers.files import snapshot_files
 
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under `root` (hidden temps included) with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """(exit code, stderr) of `clif argv`; argparse's usage errors exit through SystemExit."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
-
-
 def refused_by_cli(argv: list[str], root: Path, capsys, *named: str) -> str:
     """Run `argv`; assert exit 2, no traceback, every `named` text in the message and `root` unchanged."""
-    before = snapshot(root)
+    before = snapshot_files(root)
     code, err = run_cli(argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
     for text in named:
         assert text in err, (text, err)
-    assert snapshot(root) == before
+    assert snapshot_files(root) == before
     return err
 
 
 def refused_by_api(call: Callable[[], Any], root: Path, *named: str) -> ClifError:
-    before = snapshot(root)
+    before = snapshot_files(root)
     with pytest.raises(ClifError) as info:
         call()
     for text in named:
         assert text in str(info.value), (text, str(info.value))
-    assert snapshot(root) == before
+    assert snapshot_files(root) == before
     return info.value
 
 
@@ -88,19 +77,6 @@ def sd1():
 def good_file(sd1, tmp_path) -> Path:
     return save_concept_file(make_concept_file(sd1, k=1, text_lora=False, unet_targets=("to_q",)),
                              tmp_path / "good.safetensors")
-
-
-def rewritten(path: Path, out: Path, change: Callable[[dict, dict], None]) -> Path:
-    """A copy of a safetensors file with its tensors/metadata changed by `change(tensors, metadata)`, written
-    without the pack's validation (as another tool or damage would)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
-    tensors = load_file(str(path))
-    change(tensors, meta)
-    save_file(tensors, str(out), metadata=meta)
-    return out
 
 
 # ------------------------------------------------------------------------------ 1. numeric options (CLI)
@@ -233,26 +209,6 @@ def test_the_sampler_stops_when_latents_turn_non_finite(tmp_path):
 
 
 # ------------------------------------------------------------------------- concept files: one validator
-
-NaN = float("nan")
-
-
-def _first(tensors: dict, part: str) -> str:
-    return next(k for k in sorted(tensors) if part in k)
-
-
-BROKEN_FILES = {
-    "nan-embedding": lambda t, m: t[_first(t, "bundle_emb.")].view(-1).__setitem__(0, NaN),
-    "inf-embedding": lambda t, m: t[_first(t, "bundle_emb.")].view(-1).__setitem__(0, float("inf")),
-    "nan-lora-down": lambda t, m: t[_first(t, "lora_down")].view(-1).__setitem__(3, NaN),
-    "inf-lora-up": lambda t, m: t[_first(t, "lora_up")].view(-1).__setitem__(0, -float("inf")),
-    "nan-alpha": lambda t, m: t.__setitem__(_first(t, ".alpha"), torch.tensor(NaN)),
-    "int8-lora-up": lambda t, m: t.__setitem__(_first(t, "lora_up"), t[_first(t, "lora_up")].to(torch.int8)),
-    "float64-embedding": lambda t, m: t.__setitem__(_first(t, "bundle_emb."), t[_first(t, "bundle_emb.")].double()),
-    "erasure-without-erased": lambda t, m: m.update({"clif.kind": "erasure"}),
-    "erasure-with-bad-erased": lambda t, m: m.update({"clif.kind": "erasure", "clif.metadata": '{"erased": [7]}'}),
-}
-
 
 @pytest.mark.parametrize("loader", ["api", "cli-inspect", "cli-export"])
 @pytest.mark.parametrize("damage", sorted(BROKEN_FILES))

@@ -11,8 +11,8 @@ from clif_core.concepts.file_format import save_concept_file
 from clif_core.fileio import in_use
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import ExecutionFailed
-from tests.test_bad_input import BROKEN_FILES, rewritten
-from tests.test_concept_file import make_concept_file
+from tests.helpers.broken_files import BROKEN_FILES, rewritten
+from tests.helpers.concept_files import make_concept_file
 
 pytestmark = pytest.mark.comfy
 

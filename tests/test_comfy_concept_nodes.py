@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,27 +11,10 @@ from PIL import Image
 from clif_core.concepts.file_format import save_concept_file
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import ExecutionFailed
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
+from tests.helpers.node_docs import documented_nodes
 
 pytestmark = pytest.mark.comfy
-
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "nodes.md"
-
-
-def documented_nodes() -> dict[str, dict[str, list[str]]]:
-    """node id → {"inputs": [...], "outputs": [...]} as written in docs/nodes.md."""
-    nodes: dict[str, dict[str, list[str]]] = {}
-    current = None
-    for line in DOCS.read_text(encoding="utf-8").splitlines():
-        heading = re.match(r"^### .*\(`(\w+)`\)", line)
-        if heading:
-            current = nodes.setdefault(heading.group(1), {"inputs": [], "outputs": []})
-            continue
-        field = re.match(r"^- (inputs|outputs): (.*)$", line)
-        if field and current is not None:
-            current[field.group(1)] = re.findall(r"`(\w+)`", field.group(2))
-    return nodes
-
 
 def test_object_info_lists_every_pack_node_with_its_documented_inputs(comfy_server):
     info = comfy_server.object_info()

@@ -18,7 +18,8 @@ from clif_core.models.loader import load_base_model
 from clif_core.training.checkpoint import list_checkpoints
 from clif_core.training.loop import LoopConfig
 from tests.comfyui.rig import ExecutionFailed, ExecutionInterrupted
-from tests.test_erase_train import single_thread
+from tests.helpers.comfy_progress import progress_listener
+from tests.helpers.threads import single_thread
 
 pytestmark = pytest.mark.comfy
 
@@ -110,8 +111,6 @@ def test_erase_concepts_node_writes_a_patch_and_its_run_folder(comfy_server, ins
 
 
 def test_cancel_keeps_the_finished_steps_writes_no_patch_and_the_run_resumes(comfy_server, installed):
-    from tests.test_comfy_training import progress_listener
-
     run = comfy_server.output_dir / "clif_runs" / "cancelled"
     graph = erase_graph("cancelled", steps=500)
     ws, seen = progress_listener(comfy_server, "2")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.comfyui.rig import ExecutionFailed
-from tests.test_comfy_sampling import CHECKPOINT, CONCEPTS, installed  # noqa: F401  (the fixture)
+from tests.helpers.comfy_sampling import CHECKPOINT, CONCEPTS
 
 pytestmark = pytest.mark.comfy
 
@@ -34,7 +34,7 @@ def graph(strength: float, prefix: str, everywhere: bool = False, global_prompt:
     }
 
 
-def test_isolated_concept_changes_only_its_region_in_the_stock_ksampler(comfy_server, installed):
+def test_isolated_concept_changes_only_its_region_in_the_stock_ksampler(comfy_server, comfy_sample_concepts):
     def latent(strength: float, prefix: str, everywhere: bool = False) -> torch.Tensor:
         entry = comfy_server.run(graph(strength, prefix, everywhere), timeout=300)
         [path] = comfy_server.output_files(entry, kind="latents")
@@ -49,6 +49,6 @@ def test_isolated_concept_changes_only_its_region_in_the_stock_ksampler(comfy_se
     assert (everywhere[..., :16] - off[..., :16]).abs().mean() > 1e-3  # unisolated, it bleeds into region 1
 
 
-def test_isolated_placeholder_in_the_global_prompt_is_refused_on_the_node(comfy_server, installed):
+def test_isolated_placeholder_in_the_global_prompt_is_refused_on_the_node(comfy_server, comfy_sample_concepts):
     with pytest.raises(ExecutionFailed, match="global prompt uses <alice>, whose concept file is isolated to region 2"):
         comfy_server.run(graph(1.0, "latents/iso_bad", global_prompt="<alice> at a table"), timeout=300)

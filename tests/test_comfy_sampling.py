@@ -12,29 +12,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from clif_core.concepts.file_format import save_concept_file
-from clif_core.models.loader import load_base_model
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.recipe import concept_file_fingerprint, read_png_recipe
 from clif_core.sample.regional import layout_regions
 from clif_core.sample.sampler import sample
 from tests.comfyui.rig import ExecutionInterrupted
-from tests.test_concept_file import make_concept_file
+from tests.helpers.comfy_sampling import CHECKPOINT, CONCEPTS
 
 pytestmark = pytest.mark.comfy
-
-CHECKPOINT = "checkpoints/tiny_sd1.safetensors"
-CONCEPTS = "sample_alice_bob.safetensors"
-
-
-@pytest.fixture(scope="module")
-def installed(comfy_server, comfy_tiny_sd1, tiny_sd1):
-    """The tiny SD1 checkpoint and a concept file for it in the server's folders; the base as the core loads it."""
-    base = load_base_model(tiny_sd1.single_file, device="cpu")
-    concepts = make_concept_file(base, seed=5, text_lora=False)
-    save_concept_file(concepts, comfy_server.models_dir / "clif_concepts" / CONCEPTS)
-    return base, concepts
-
 
 def sampler_inputs(**overrides) -> dict:
     inputs = {
@@ -73,8 +58,8 @@ def both_paths_graph(regional_text: str) -> dict:
     }
 
 
-def test_one_graph_runs_the_clif_sampler_and_the_native_regional_path(comfy_server, installed):
-    base, concepts = installed
+def test_one_graph_runs_the_clif_sampler_and_the_native_regional_path(comfy_server, comfy_sample_concepts):
+    base, concepts = comfy_sample_concepts
     entry = comfy_server.run(both_paths_graph("<alice>, a woman\n<bob>, a man"), timeout=300)
     clif_files = [p for p in comfy_server.output_files(entry) if p.name.startswith("clif_")]
     [native] = [p for p in comfy_server.output_files(entry) if p.name.startswith("native_")]
@@ -121,7 +106,7 @@ def regional_latent_graph(right_prompt: str, prefix: str) -> dict:
     }
 
 
-def test_native_regional_masks_weight_the_noise_predictions_where_they_should(comfy_server, installed):
+def test_native_regional_masks_weight_the_noise_predictions_where_they_should(comfy_server, comfy_sample_concepts):
     """One KSampler step: the left half of the latent depends only on the left region's prompt, so changing the
     right region's prompt must leave it bit-identical and change the right half."""
 
@@ -137,7 +122,7 @@ def test_native_regional_masks_weight_the_noise_predictions_where_they_should(co
     assert (car[..., 16:] - boat[..., 16:]).abs().mean() > 1e-3
 
 
-def test_cancelling_the_clif_sampler_stops_it_and_the_next_run_works(comfy_server, installed):
+def test_cancelling_the_clif_sampler_stops_it_and_the_next_run_works(comfy_server, comfy_sample_concepts):
     long_run = sampler_inputs(steps=1000, batch_size=8, width=128, height=128, seed=123)  # 1000: the step limit
     graph = {
         "1": {"class_type": "CLIFLoadBaseModel", "inputs": {"base_model": CHECKPOINT}},

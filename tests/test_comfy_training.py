@@ -4,9 +4,7 @@ writes no partial file, and the server goes on: queueing the run again resumes a
 
 from __future__ import annotations
 
-import json
 import shutil
-import threading
 import time
 
 import pytest
@@ -18,8 +16,9 @@ from clif_core.models.tiny import build_tiny_vision_tower
 from clif_core.train.vision import save_vision_tower_file
 from clif_core.training.checkpoint import list_checkpoints
 from tests.comfyui.rig import ExecutionInterrupted
-from tests.test_comfy_concept_nodes import documented_nodes
-from tests.test_train_data import make_dataset
+from tests.helpers.comfy_progress import progress_listener
+from tests.helpers.datasets import make_dataset
+from tests.helpers.node_docs import documented_nodes
 
 pytestmark = pytest.mark.comfy
 
@@ -81,28 +80,6 @@ def test_train_concepts_graph_writes_a_concept_file(comfy_server, installed, tin
         assert im.size == (768, 640)  # one panel per stage
     # Loss Plot's run_dir is linked here: its fingerprint gets no folder and must not fail on that.
     assert "PathLike" not in comfy_server.log_text(log_start), comfy_server.log_tail(start=log_start)
-
-
-def progress_listener(server, node_id: str):
-    """Collect the server's progress values for `node_id` from its websocket, in a thread."""
-    import websocket
-
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}", timeout=300)
-    seen: list[int] = []
-
-    def listen():
-        try:
-            while True:
-                message = ws.recv()
-                if isinstance(message, str):
-                    data = json.loads(message)
-                    if data.get("type") == "progress" and data["data"].get("node") == node_id:
-                        seen.append(int(data["data"]["value"]))
-        except Exception:  # the socket closes at the end of the test
-            return
-
-    threading.Thread(target=listen, daemon=True).start()
-    return ws, seen
 
 
 def test_cancel_stops_within_one_step_writes_nothing_and_the_run_resumes(comfy_server, installed):

@@ -12,7 +12,7 @@ from clif_core.concepts.apply import apply_concepts, expand_prompt, vector_token
 from clif_core.concepts.exports import export_comfy
 from clif_core.errors import ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 
 def pipeline(base):

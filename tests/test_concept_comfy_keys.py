@@ -94,7 +94,7 @@ print("REPORT" + json.dumps(report))
 def test_comfyui_maps_every_lora_key_and_reads_every_embedding(tmp_path):
     from clif_core.concepts.exports import export_comfy
     from clif_core.models.tiny import build_tiny_model
-    from tests.test_concept_file import make_concept_file
+    from tests.helpers.concept_files import make_concept_file
 
     comfy_dir = ensure_comfyui()
     for family, names in (("sd1", ("alice",)), ("sdxl", ("bob",))):

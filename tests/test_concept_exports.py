@@ -10,7 +10,7 @@ from clif_core.concepts.exports import export_comfy, import_comfy
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model
-from tests.test_concept_file import assert_same, make_concept_file
+from tests.helpers.concept_files import assert_same, make_concept_file
 
 
 @pytest.fixture(scope="module")

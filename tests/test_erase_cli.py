@@ -8,7 +8,8 @@ from PIL import Image
 
 from clif_core.cli import main
 from clif_core.erase.patch import erased_pairs, load_erasure_patch
-from tests.test_erase_train import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = ["--steps", "2", "--batch-size", "1", "--trajectories", "1", "--sample-steps", "2", "--resolution", "32",
          "--lr", "1e-3", "--device", "cpu"]

@@ -8,7 +8,6 @@ import torch
 
 from clif_core.concepts import lora_keys
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
-from clif_core.erase.config import EraseTarget
 from clif_core.erase.patch import (
     check_patch_base,
     describe,
@@ -19,31 +18,13 @@ from clif_core.erase.patch import (
     probe_mismatch,
 )
 from clif_core.erase.subsets import lora_deltas
-from clif_core.erase.trainer import erase_concepts
 from clif_core.errors import ClifError
 from clif_core.models.loader import load_base_model
-from tests.test_concept_file import make_concept_file
-from tests.test_erase_train import assert_unchanged, one_thread, single_thread, snapshot, tiny_config  # noqa: F401
+from tests.helpers.concept_files import make_concept_file
+from tests.helpers.weights import assert_unchanged, snapshot_module
 
-
-@pytest.fixture(scope="session")
-def made(tiny_sd1, tmp_path_factory):
-    """A tiny base, an erasure patch made on it (cross-attention weights, SVD-factorised) and its path."""
-    root = tmp_path_factory.mktemp("erase_patch")
-    base = load_base_model(tiny_sd1.diffusers_dir, device="cpu")
-    targets = [EraseTarget("a photo of a pig", "a photo of a cow")]
-    with single_thread():
-        result = erase_concepts(base, tiny_config("all-but-one", "xattn", targets=targets, steps=4), root / "run",
-                                root / "patch.safetensors")
-    return base, result.patch, root / "patch.safetensors"
-
-
-@pytest.fixture(scope="session")
-def other_base(tmp_path_factory):
-    from clif_core.models.tiny import write_tiny_model
-
-    paths = write_tiny_model("sd1", tmp_path_factory.mktemp("tiny_other"), seed=1)
-    return load_base_model(paths.diffusers_dir, device="cpu")
+# `made` (a tiny base and an erasure patch made on it) and `other_base` are session fixtures in conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_patch_made_for_another_base_is_refused_unless_allowed(made, other_base):
@@ -72,7 +53,7 @@ def test_describe_names_pairs_method_and_base(made):
 
 def test_merged_adds_the_lora_delta_and_restores_exactly(made):
     base, patch, _ = made
-    before = snapshot(base.unet)
+    before = snapshot_module(base.unet)
     names = {kohya: name for name, kohya, _ in lora_keys.target_modules(
         base.unet, lora_keys.UNET_PREFIX, lora_keys.UNET_LORA_TARGETS)}
     with merged(base, patch, strength=0.5):
@@ -88,7 +69,7 @@ def test_merge_into_checkpoint_writes_a_loadable_model_with_the_patch_inside(mad
     from clif_core.erase.conditioning import encode_prompts, unet_predict
 
     base, patch, _ = made
-    before = snapshot(base.unet)
+    before = snapshot_module(base.unet)
     out = merge_into_checkpoint(base, patch, tmp_path / "merged.safetensors")
     assert_unchanged(base.unet, before)
     merged_model = load_base_model(out, device="cpu")

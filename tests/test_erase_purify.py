@@ -9,10 +9,9 @@ from PIL import Image
 from clif_core.erase.purify import model_size, purify
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
-from tests import test_erase_patch
-from tests.test_erase_train import one_thread  # noqa: F401
 
-made, other_base = test_erase_patch.made, test_erase_patch.other_base  # session fixtures: a base and its patch
+# `made` (a tiny base and an erasure patch made on it) and `other_base` are session fixtures in conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def picture(width: int, height: int) -> Image.Image:

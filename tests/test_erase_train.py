@@ -4,7 +4,6 @@ was, cancel + resume gives the uninterrupted result, patches round-trip bit-exac
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -20,34 +19,10 @@ from clif_core.erase.pool import load_pool, pool_key
 from clif_core.erase.trainer import POOL_FILE, EraseTask, _pool_recipe, erase_concepts
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
-from clif_core.training.loop import LoopConfig
+from tests.helpers.erasure import RESOLUTION, tiny_config
+from tests.helpers.weights import assert_unchanged, snapshot_module
 
-RESOLUTION = 32  # the tiny VAE halves: 16×16 latents keep the runs to seconds
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Tiny tensors gain nothing from several threads, and on a busy 2-core machine OpenMP's spinning threads
-    made these runs 15× slower (measured: 11 s vs 156 s for one run). The setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with single_thread():
-        yield
-
-
-def tiny_config(method: str, params: str, targets=None, preserve=(), steps: int = 20, **kw) -> EraseConfig:
-    return EraseConfig(
-        targets=targets or [EraseTarget("a photo of a pig", "a photo of a cow")], preserve=list(preserve),
-        method=method, params=params, lr=1e-3, trajectories=1, sample_steps=6, resolution=RESOLUTION,
-        loop=LoopConfig(steps=steps, batch_size=2, checkpoint_every=5, preview_every=0, log_every=0), **kw)
+pytestmark = pytest.mark.usefixtures("one_thread")  # module-scoped: the module fixtures run on one thread too
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +30,6 @@ def base(tiny_sd1):
     from clif_core.models.loader import load_base_model
 
     return load_base_model(tiny_sd1.diffusers_dir, device="cpu")
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def assert_unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = module.state_dict()
-    assert sorted(after) == sorted(before), "the module's structure changed (adapters left behind?)"
-    for key, value in before.items():
-        assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
 
 
 def run_pool(base, run_dir: Path, config: EraseConfig):
@@ -93,7 +57,7 @@ def predictions(base, table, pool, rows: torch.Tensor) -> torch.Tensor:
 def compared(base, tmp_path_factory):
     """All-but-One and ESD on the same subset (the default LoRA), seeds and budget."""
     root = tmp_path_factory.mktemp("erase_compare")
-    before = snapshot(base.unet)
+    before = snapshot_module(base.unet)
     out = {}
     for method in ("all-but-one", "esd"):
         config = tiny_config(method, "lora")
@@ -192,7 +156,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_patch_and_restores_the_base(
     """Weight subset (cross-attention K/V) with the SVD factorisation; checkpoints every 5 steps."""
     config = tiny_config("all-but-one", "kv", steps=12)
     straight = erase_concepts(base, config, tmp_path / "straight", tmp_path / "straight.safetensors")
-    before = snapshot(base.unet)
+    before = snapshot_module(base.unet)
     stop = StopAt(6 + 1 * 6)  # progress counts the 6 pool steps first: stop after 6 training steps
     with pytest.raises(Cancelled):
         erase_concepts(base, config, tmp_path / "cut", tmp_path / "cut.safetensors", reporter=stop.reporter())

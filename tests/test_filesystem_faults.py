@@ -27,11 +27,11 @@ from clif_core.models.tiny import build_tiny_model
 from clif_core.training.checkpoint import list_checkpoints, load_checkpoint
 from clif_core.training.loop import WEIGHT_CHECK_EVERY
 from tests.comfyui.rig import REPO_ROOT
-from tests.test_augment_dataset import _figure
-from tests.test_bad_input import run_cli, snapshot
-from tests.test_concept_file import make_concept_file
-from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
-from tests.test_train_loop import ToyTask, config, train
+from tests.helpers.cli import run_cli
+from tests.helpers.concept_files import make_concept_file
+from tests.helpers.datasets import figure, make_dataset
+from tests.helpers.files import snapshot_files
+from tests.helpers.toy_training import ToyTask, config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,13 +85,13 @@ def test_a_failing_write_names_the_path_and_keeps_the_previous_file(tmp_path, mo
     else:
         target.parent.mkdir()
         target.write_text("old")
-    before = snapshot(tmp_path)
+    before = snapshot_files(tmp_path)
     fail_replace(monkeypatch, code, tmp_path)
     with pytest.raises(ClifError) as info:
         WRITERS[writer](target)
     assert str(target) in str(info.value) and FAULTS[code] in str(info.value)
     assert "unchanged" in str(info.value)
-    assert snapshot(tmp_path) == before and not temps(tmp_path)
+    assert snapshot_files(tmp_path) == before and not temps(tmp_path)
 
 
 def test_safetensors_own_io_errors_are_mapped_too(tmp_path, monkeypatch):
@@ -145,7 +145,7 @@ def _entry_points(tiny, dataset: Path, concept_set: Path, root: Path) -> dict[st
     (root / "pictures").mkdir()
     (root / "pictures" / "clif-0.png").write_bytes(b"the user's own picture")
     (root / "bob").mkdir()
-    _figure((40, 170, 40), (190, 140, 30)).save(root / "bob" / "0.png")
+    figure((40, 170, 40), (190, 140, 30)).save(root / "bob" / "0.png")
     embedding = root / "emb.safetensors"
     save_file({"emb_params": torch.full((1, 32), 0.5)}, str(embedding))
     base = str(tiny.single_file)
@@ -180,12 +180,12 @@ def test_every_command_reports_a_filesystem_fault_and_keeps_the_previous_files(
     root = tmp_path / "work"
     root.mkdir()
     argv, named = _entry_points(tiny_sd1, dataset, concept_set, root)[entry]
-    before = snapshot(root)
+    before = snapshot_files(root)
     fail_replace(monkeypatch, code, root)
     status, err = run_cli(argv, capsys)
     assert status == 2 and "Traceback" not in err, err
     assert f"{named}: " in err and FAULTS[code] in err, err
-    assert snapshot(root) == before and not temps(root)
+    assert snapshot_files(root) == before and not temps(root)
 
 
 # ------------------------------------------------------------------------------------------ killed saves
@@ -215,14 +215,14 @@ def test_a_save_killed_midway_leaves_the_old_file_and_the_next_write_sweeps_its_
     else:
         target.mkdir()
         (target / "000.png").write_bytes(b"old")
-    before = snapshot(tmp_path)
+    before = snapshot_files(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target), kind], cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stderr=subprocess.PIPE)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, stderr.decode()
     left = sorted(p.name for p in tmp_path.iterdir() if p.name not in before and p.name != target.name)
     assert [n for n in left if n.startswith(f".{target.name}.clif-{proc.pid}-")]  # the dead run's temp
-    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(".")} == before
+    assert {k: v for k, v in snapshot_files(tmp_path).items() if not k.startswith(".")} == before
     assert (target.read_bytes() if kind == "file" else (target / "000.png").read_bytes()) == b"old"
     write_text_atomic(tmp_path / "next.txt", "a later run")  # any write into the folder sweeps the dead temps
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -367,9 +367,10 @@ def test_a_character_name_that_leaves_out_is_refused_before_anything_is_written(
     spec["pairs"] = []
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec), encoding="utf-8")
-    before = snapshot(tmp_path)
+    before = snapshot_files(tmp_path)
     code, err = run_cli(["sandbox", "characters", "--spec", str(path), "--out", str(tmp_path / "out" / "a")],
                         capsys)
     assert code == 2 and "Traceback" not in err
     assert f"{path}: the character name in characters is '../../ESCAPED'" in err
-    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists() and not (tmp_path / "ESCAPED").exists()
+    assert snapshot_files(tmp_path) == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ESCAPED").exists()

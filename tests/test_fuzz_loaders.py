@@ -18,7 +18,7 @@ from clif_core.concepts.file_format import ConceptFile, load_concept_file, save_
 from clif_core.erase.patch import load_erasure_patch
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 CASES_PER_KIND = 1100  # per loader; 2,200 in all
 TIME_LIMIT_S = 45.0

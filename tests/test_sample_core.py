@@ -23,7 +23,7 @@ from clif_core.sample.sampler import (
     sample,
 )
 from clif_core.sample.schedulers import make_scheduler
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 PROMPT = "a photo of a red dog on a table"
 

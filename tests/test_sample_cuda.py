@@ -12,7 +12,7 @@ from clif_core.progress import Reporter
 from clif_core.sample import sampler
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.regional import layout_regions
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -17,7 +17,7 @@ from clif_core.sample.config import Region, SampleConfig
 from clif_core.sample.isolation import layer_mask, soft_mask
 from clif_core.sample.regional import layout_regions
 from clif_core.sample.sampler import ConceptUse, sample
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "ff.net.0.proj", "time_emb_proj")
 

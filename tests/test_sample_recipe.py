@@ -24,7 +24,7 @@ from clif_core.sample.recipe import (
     save_png,
 )
 from clif_core.sample.sampler import ConceptUse, sample
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 
 @pytest.fixture(scope="module")

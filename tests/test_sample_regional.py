@@ -21,7 +21,7 @@ from clif_core.sample.regional import (
     region_weights,
 )
 from clif_core.sample.sampler import sample
-from tests.test_concept_file import make_concept_file
+from tests.helpers.concept_files import make_concept_file
 
 LEFT, RIGHT = "a red apple", "a blue car"
 

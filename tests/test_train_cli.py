@@ -15,7 +15,7 @@ from clif_core.cli import main as clif_main
 from clif_core.concepts.file_format import load_concept_file
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import REPO_ROOT
-from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
+from tests.helpers.datasets import make_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

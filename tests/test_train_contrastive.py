@@ -21,7 +21,8 @@ from clif_core.train.vision import load_vision_tower, pair_encoder, save_vision_
 from clif_core.training.checkpoint import load_checkpoint
 from clif_core.training.loop import LoopConfig
 from clif_core.training.run_folder import RunFolder
-from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
+from tests.helpers.datasets import make_dataset
+from tests.helpers.weights import snapshot_base
 
 QUIET = Reporter(log=lambda m: None)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,15 +43,8 @@ def sd1(tiny_sd1):
     return load_base_model(tiny_sd1.diffusers_dir)
 
 
-def snapshot(base) -> dict[str, torch.Tensor]:
-    state = {f"unet.{k}": v.clone() for k, v in base.unet.state_dict().items()}
-    for slot in base.text:
-        state.update({f"{slot.name}.{k}": v.clone() for k, v in slot.encoder.state_dict().items()})
-    return state
-
-
 def test_stage1_separates_concepts_and_leaves_every_other_row_bit_identical(sd1, tiny_sd1, dataset, tmp_path):
-    before = snapshot(sd1)
+    before = snapshot_base(sd1)
     vocab = len(sd1.text[0].tokenizer)
     result = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "run", stage1_config(), QUIET)
 
@@ -64,7 +58,7 @@ def test_stage1_separates_concepts_and_leaves_every_other_row_bit_identical(sd1,
     assert set(m["after"]["retrieval_heldout"]) == {"image_to_caption", "caption_to_image", "pairs"}
 
     # The base model is exactly as before: no row, weight or tokenizer entry changed.
-    after = snapshot(sd1)
+    after = snapshot_base(sd1)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(sd1.text[0].tokenizer) == vocab

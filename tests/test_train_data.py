@@ -4,56 +4,13 @@ held-out split."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image, ImageDraw
 
-from clif_core.augment.common_concepts import CommonConcept
-from clif_core.augment.compose import AugmentConfig
-from clif_core.augment.dataset import build_dataset, load_dataset
-from clif_core.augment.fallback import FallbackSegmenter
-from clif_core.concepts.spec import Concept
+from clif_core.augment.dataset import load_dataset
 from clif_core.errors import ClifError
 from clif_core.train import data
-
-RES = 64  # the tiny models' image size
-
-
-def _figure(head, body, bg=(235, 238, 240), shift=0) -> Image.Image:
-    img = Image.new("RGB", (80, 96), bg)
-    d = ImageDraw.Draw(img)
-    d.ellipse((25 + shift, 8, 55 + shift, 38), fill=head)
-    d.rectangle((18 + shift, 38, 62 + shift, 88), fill=body)
-    return img
-
-
-def make_dataset(folder: Path, class_words=("person", "person"), seed: int = 1, resolution: int = RES,
-                 **counts) -> Path:
-    """Two concepts (alice: red head, blue body; bob: green head, orange body) and one common word."""
-    alice = Concept("alice", "<alice>", class_words[0],
-                    [_figure((200, 40, 40), (40, 40, 190)), _figure((200, 40, 40), (40, 40, 190), shift=4)],
-                    parts=["head", "body"])
-    bob = Concept("bob", "<bob>", class_words[1],
-                  [_figure((40, 170, 40), (190, 140, 30)), _figure((40, 170, 40), (190, 140, 30), shift=-4)],
-                  parts=["head", "body"])
-    chef = Image.new("RGB", (80, 80), (210, 215, 220))
-    ImageDraw.Draw(chef).polygon([(40, 5), (75, 75), (5, 75)], fill=(20, 20, 20))
-    config = dict(resolution=resolution, n_global=4, n_region=4, n_mix=4, n_single=2, n_parts=2, seed=seed)
-    config.update(counts)
-    return build_dataset([alice, bob], folder, AugmentConfig(**config), FallbackSegmenter(),
-                         [CommonConcept("chef", [chef])])
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models run faster on one thread: their ops are too small to split, and on a shared CPU extra
-    threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.helpers.datasets import make_dataset
 
 
 @pytest.fixture(scope="module")

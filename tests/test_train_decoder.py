@@ -17,23 +17,15 @@ from clif_core.models.loader import load_base_model
 from clif_core.models.prompts import unet_conditioning
 from clif_core.progress import Reporter
 from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
-from clif_core.train.decoder import DecoderConfig, train_decoder
+from clif_core.train.decoder import train_decoder
 from clif_core.training.loop import LoopConfig
 from clif_core.training.run_folder import RunFolder
-from tests.test_train_contrastive import snapshot
-from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
+from tests.helpers.datasets import make_dataset
+from tests.helpers.train_configs import stage2_config
+from tests.helpers.weights import snapshot_base
 
 QUIET = Reporter(log=lambda m: None)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def stage2_config(steps=20, **kw) -> DecoderConfig:
-    loop = LoopConfig(steps=steps, batch_size=2, checkpoint_every=kw.pop("checkpoint_every", 10), log_every=0,
-                      preview_every=kw.pop("preview_every", 0), seed=0, max_grad_norm=kw.pop("max_grad_norm", 1.0),
-                      gradient_checkpointing=kw.pop("gradient_checkpointing", False))
-    base = dict(lora_rank=4, lr=kw.pop("lr", 3e-2), token_lr=1e-2, preview_steps=0, loop=loop)
-    base.update(kw)
-    return DecoderConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +50,11 @@ def unet_output(base, prompt: str) -> torch.Tensor:
 
 
 def test_stage2_learns_and_its_concept_tokens_change_the_unet_output(sd1, dataset, tmp_path):
-    before_state = snapshot(sd1)
+    before_state = snapshot_base(sd1)
     result = train_decoder(sd1, dataset, tmp_path / "run", stage2_config(), reporter=QUIET)
     fixed = result.metrics["fixed_batch_loss"]
     assert fixed["after"] < 0.85 * fixed["before"]
-    after_state = snapshot(sd1)
+    after_state = snapshot_base(sd1)
     assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)  # base restored exactly
 
     cf = load_concept_file(result.path, base=sd1)

@@ -24,8 +24,8 @@ from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import train_decoder
 from clif_core.train.leakage import PreviewPrompt, leakage_prompts
 from clif_core.training.loop import LoopConfig
-from tests.test_train_data import make_dataset, one_torch_thread  # noqa: F401 (fixture)
-from tests.test_train_decoder import stage2_config
+from tests.helpers.datasets import make_dataset
+from tests.helpers.train_configs import stage2_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = Reporter(log=lambda m: None)

@@ -290,7 +290,7 @@ def ensure_concept_files(server, base_choice: str, added: Optional[list] = None,
         return targets
     from clif_core.concepts.file_format import save_concept_file
     from clif_core.models.loader import load_base_model
-    from tests.test_concept_file import make_concept_file
+    from tests.helpers.concept_files import make_concept_file
 
     kind, name = base_choice.split("/", 1)
     source = server.models_dir / kind / name
