@@ -16,10 +16,11 @@ from clif_core.errors import ClifError
 from clif_core.models.loader import load_base_model
 from clif_core.models.tiny import build_tiny_vision_tower
 from clif_core.progress import Reporter
-from clif_core.train.contrastive import ContrastiveConfig, info_nce, train_contrastive
+from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.vision import load_vision_tower, pair_encoder, save_vision_tower_file
 from clif_core.training.checkpoint import load_checkpoint
 from clif_core.training.loop import LoopConfig
+from clif_core.training.losses import info_nce
 from clif_core.training.run_folder import RunFolder
 from tests.helpers.datasets import make_dataset
 from tests.helpers.weights import snapshot_base

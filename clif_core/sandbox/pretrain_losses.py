@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from clif_core.sandbox.pretrain_data import WorldSet
+from clif_core.training.losses import info_nce, min_snr_weight
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -113,14 +114,12 @@ def clip_loss(
         idx = torch.randint(len(world), (batch_size,), generator=gen, device=gen.device)
         variant = caption_variant(batch_size, p_background, gen)
         ids = trim_padding(torch.cat([world.ids[idx, variant], world.negative_ids[idx, variant]]))
-        texts = F.normalize(text(input_ids=ids).pooler_output.float(), dim=-1)
-        images = F.normalize(vision(pixel_values=normalise_for_vision(pixels(world, idx))).image_embeds.float(), dim=-1)
+        texts = text(input_ids=ids).pooler_output
+        images = vision(pixel_values=normalise_for_vision(pixels(world, idx))).image_embeds
         scale = logit_scale.clamp(max=math.log(100.0)).exp()
         b = len(idx)
-        target = torch.arange(b, device=images.device)
-        image_to_text = scale * images @ texts.T  # [B, 2B]: captions and their hard negatives
-        text_to_image = scale * texts[:b] @ images.T
-        return (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
+        keys = [tuple(row) for row in ids[:b].tolist()]  # the same caption twice in a batch: positives of each other
+        return info_nce(images, texts[:b], keys, scale, negatives=texts[b:])
 
     return loss
 
@@ -159,7 +158,6 @@ def unet_loss(
 ) -> Loss:
     """v-prediction with min-SNR-γ weighting; `text_dropout` of the captions replaced by the empty prompt."""
     captions, empty = contexts
-    alphas = noise_schedule.alphas_cumprod.to(moments.device)
     n_timesteps = noise_schedule.config.num_train_timesteps
 
     def loss(gen: torch.Generator) -> torch.Tensor:
@@ -176,8 +174,7 @@ def unet_loss(
         noisy = noise_schedule.add_noise(latents, noise, steps)
         target = noise_schedule.get_velocity(latents, noise, steps)
         pred = unet(noisy, steps, encoder_hidden_states=context).sample.float()
-        snr = alphas[steps] / (1 - alphas[steps])
-        weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)  # min-SNR-γ for v-prediction
+        weight = min_snr_weight(noise_schedule, steps, min_snr_gamma, "v_prediction")
         return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
     return loss

@@ -33,6 +33,7 @@ from clif_core.options import STAGE1
 from clif_core.progress import SILENT, Reporter
 from clif_core.training.loop import LoopConfig, ParamGroup, run_training
 from clif_core.training.lora import trainable_lora
+from clif_core.training.losses import info_nce
 from clif_core.training.precision import check_precision, make_accelerator
 from clif_core.training.run_folder import RunFolder, open_run
 from clif_core.validation import check_finite_fields
@@ -91,16 +92,6 @@ class ContrastiveConfig:
         d["text_lora_targets"] = list(self.text_lora_targets)
         d["loop"] = self.loop.to_dict()
         return d
-
-
-def info_nce(image: torch.Tensor, text: torch.Tensor, captions: Sequence[str], scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on L2-normalised features; pairs with the same caption are positives of each other."""
-    image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
-    logits = scale.float() * image @ text.T
-    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=logits.device)
-    targets = same / same.sum(dim=1, keepdim=True)  # symmetric, so it serves both directions
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
 class TextSide(torch.nn.Module):

@@ -33,6 +33,7 @@ from clif_core.options import STAGE2
 from clif_core.progress import SILENT, Reporter
 from clif_core.training.loop import LoopConfig, ParamGroup, TrainResult, run_training
 from clif_core.training.lora import trainable_lora
+from clif_core.training.losses import min_snr_weight
 from clif_core.training.precision import check_precision, make_accelerator
 from clif_core.training.run_folder import RunFolder, open_run
 from clif_core.validation import check_finite_fields
@@ -185,11 +186,7 @@ class DecoderTask:
         pred = self.base.unet(noisy, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
         err = ((pred.float() - target.float()) ** 2 * weights.to(device)).mean(dim=(1, 2, 3))
         if self.config.min_snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(self.noise_scheduler, t)
-            clipped = snr.clamp(max=self.config.min_snr_gamma)
-            err = err * (clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr)
+            err = err * min_snr_weight(self.noise_scheduler, t, self.config.min_snr_gamma, self.prediction_type)
         loss = err[:n_inst].mean()
         if self.prior is not None:
             loss = loss + self.config.prior_weight * err[n_inst:].mean()
