@@ -10,11 +10,21 @@ import json
 from pathlib import Path
 from typing import Any, Union
 
+from PIL import Image, ImageDraw
+
 from clif_core.errors import ClifError
-from clif_core.fileio import write_text_atomic
-from clif_core.training.curve import save_loss_png
+from clif_core.fileio import atomic_path, write_text_atomic
+from clif_core.sheets import load_font
+from clif_core.training.curve import ticks
 
 SERIES = ("one_object", "two_objects", "figures")
+# (key in a point, legend, colour, the issue's target for it)
+LINES = (
+    ("one_object", "one object", (31, 119, 180), 0.90),
+    ("two_objects", "two objects", (255, 127, 14), 0.75),
+    ("figures", "figures", (44, 160, 44), 0.60),
+    ("characters_mean", "characters (mean recognised)", (148, 103, 189), 0.50),
+)
 
 
 def _step_of(model: Path) -> tuple[int, int]:
@@ -41,8 +51,44 @@ def add_point(curve_file: Union[str, Path], model: Union[str, Path], report: dic
         point["characters_mean"] = report["characters"]["mean_recognised"]
     points = sorted([p for p in points if p["step"] != step] + [point], key=lambda p: p["step"])
     write_text_atomic(path, json.dumps(points, indent=1) + "\n")
-    curves = [(f"{name}: fully correct", [(p["step"], p[name], 0.0) for p in points if name in p]) for name in SERIES]
-    if any("characters_mean" in p for p in points):
-        curves.append(("characters: mean recognised", [(p["step"], p["characters_mean"], 0.0) for p in points if "characters_mean" in p]))
-    save_loss_png(curves, path.with_suffix(".png"))
+    with atomic_path(path.with_suffix(".png")) as tmp:
+        draw_curve(points).save(tmp, format="PNG")
     return points
+
+
+def draw_curve(points: list[dict], width: int = 760, height: int = 420) -> Image.Image:
+    """One panel, 0–1 on the y axis: each prompt set's fully-correct share (and the characters' mean) against
+    the UNet step, with its target as a dashed line of the same colour."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = load_font(13)
+    box = (52, 30, width - 16, height - 96)
+    s_hi = max([p["step"] for p in points] + [1])
+    draw.text((box[0], 8), "prompt following (fully correct) by UNet step; dashed: targets", fill="black", font=font)
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return (box[0] + step / s_hi * (box[2] - box[0]), box[3] - value * (box[3] - box[1]))
+
+    for tick in ticks(0.0, 1.0):
+        _, y = xy(0, tick)
+        draw.line((box[0], y, box[2], y), fill=(232, 232, 232))
+        draw.text((8, y - 7), f"{tick:.2g}", fill="black", font=font)
+    for tick in ticks(0.0, s_hi):
+        x, _ = xy(tick, 0)
+        draw.line((x, box[3], x, box[3] + 4), fill="black")
+        draw.text((x - 12, box[3] + 6), f"{tick:g}", fill="black", font=font)
+    draw.text((box[2] - 30, box[3] + 20), "step", fill="black", font=font)
+    draw.rectangle(box, outline=(160, 160, 160))
+    for k, (key, label, colour, target) in enumerate(LINES):
+        _, ty = xy(0, target)
+        for x in range(box[0], box[2], 12):
+            draw.line((x, ty, min(x + 6, box[2]), ty), fill=colour, width=1)
+        series = [xy(p["step"], p[key]) for p in points if key in p]
+        if len(series) > 1:
+            draw.line(series, fill=colour, width=2)
+        for x, y in series:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        lx, ly = box[0] + (k % 2) * 340, box[3] + 40 + (k // 2) * 20
+        draw.line((lx, ly + 7, lx + 24, ly + 7), fill=colour, width=3)
+        draw.text((lx + 30, ly), f"{label} (target {target:.2f})", fill="black", font=font)
+    return image

@@ -40,7 +40,7 @@ def read_loss_csv(path: Path) -> list[tuple[int, float, float]]:
         raise ClifError(f"loss curve {path} cannot be read ({err}); it is written by a training run") from None
 
 
-def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+def ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """Round tick values covering [lo, hi]."""
     if hi <= lo:
         return [lo]
@@ -99,11 +99,11 @@ def draw_loss_curve(
             y = box[3] - (value - v_lo) / (v_hi - v_lo) * (box[3] - box[1])
             return x, y
 
-        for tick in _ticks(v_lo, v_hi):
+        for tick in ticks(v_lo, v_hi):
             _, y = xy(s_lo, tick)
             draw.line((box[0], y, box[2], y), fill=(232, 232, 232))
             draw.text((4, y - 7), f"{tick:.3g}", fill="black", font=font)
-        for tick in _ticks(s_lo, s_hi):
+        for tick in ticks(s_lo, s_hi):
             x, _ = xy(tick, v_lo)
             draw.line((x, box[3], x, box[3] + 4), fill="black")
             draw.text((x - 10, box[3] + 6), f"{tick:g}", fill="black", font=font)
