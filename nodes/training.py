@@ -79,7 +79,7 @@ def _config(default, names: dict[str, str], inputs: dict):
 
 def _output(result, run_dir=None) -> io.NodeOutput:
     report = result.report()
-    return io.NodeOutput(result.concepts, str(result.path), str(run_dir or result.run_dir), report,
+    return io.NodeOutput(result.file, str(result.path), str(run_dir or result.run_dir), report,
                          ui={"text": [report]})
 
 

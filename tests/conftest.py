@@ -163,7 +163,7 @@ def made(tiny_sd1, tmp_path_factory):
     with single_thread():
         result = erase_concepts(base, tiny_config("all-but-one", "xattn", targets=targets, steps=4), root / "run",
                                 root / "patch.safetensors")
-    return base, result.patch, root / "patch.safetensors"
+    return base, result.file, root / "patch.safetensors"
 
 
 @pytest.fixture(scope="session")
