@@ -90,6 +90,22 @@ def one_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def sd1():
+    """A tiny SD1.x-shaped model in memory (seed 0), one per test module."""
+    from clif_core.models.tiny import build_tiny_model
+
+    return build_tiny_model("sd1", 0)
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    """A tiny SDXL-shaped model in memory (seed 0), one per test module."""
+    from clif_core.models.tiny import build_tiny_model
+
+    return build_tiny_model("sdxl", 0)
+
+
 def _tiny(family: str, tmp_path_factory):
     from clif_core.models.tiny import write_tiny_model
 
