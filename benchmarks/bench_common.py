@@ -7,6 +7,7 @@ A result file is one JSON object: {"benchmark", "device", "settings", "rows": [{
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import resource
@@ -76,6 +77,15 @@ def write_json(path: Optional[str | Path], payload: dict[str, Any]) -> None:
 def print_ratios(ratios: dict[str, float]) -> None:
     for name, value in ratios.items():
         print(f"{name}: x{value:.2f}")
+
+
+def add_side_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden options of a script that runs its sides with `run_side`: which side, on which dataset and batch
+    size, and the file it writes its figures to."""
+    parser.add_argument("--side", choices=["plain", "pack"], help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--side-out", help=argparse.SUPPRESS)
 
 
 def run_side(script: Path, args: Sequence[str]) -> dict[str, Any]:

@@ -27,7 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_common import DEFAULT_THREADS, peak_rss_mib, result, run_side, sandbox_folder, set_cpu_threads, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    DEFAULT_THREADS,
+    add_side_arguments,
+    peak_rss_mib,
+    result,
+    run_side,
+    sandbox_folder,
+    set_cpu_threads,
+    write_json,
+)
 from train_step import CONCEPTS, Clock, compare, make_dataset, native_resolution  # noqa: E402
 
 SCALE = 100.0  # CLIP's logit scale at its clamp; the sandbox tower carries none of its own
@@ -108,10 +117,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=48, help="dataset size")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads per side")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--side", choices=["plain", "pack"], help=argparse.SUPPRESS)
-    parser.add_argument("--dataset", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--side-out", help=argparse.SUPPRESS)
+    add_side_arguments(parser)
     args = parser.parse_args()
     folder = sandbox_folder()
     vision = folder.parent / "vision"

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_common import (  # noqa: E402
     DEFAULT_THREADS,
+    add_side_arguments,
     peak_rss_mib,
     print_ratios,
     ratio,
@@ -260,10 +261,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="--cpu: a diffusers folder (default: the sandbox model)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="--cpu: CPU threads per side")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--side", choices=["plain", "pack"], help=argparse.SUPPRESS)
-    parser.add_argument("--dataset", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--side-out", help=argparse.SUPPRESS)
+    add_side_arguments(parser)
     args = parser.parse_args()
     if args.side:
         return side_main(args)

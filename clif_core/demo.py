@@ -261,7 +261,7 @@ def _sample(run: _Run, trained: Any, prompts: list[str]) -> dict[str, list]:
         rows = {}
         for p in prompts:
             result = sample(run.base, SampleConfig(prompt=p, seed=run.config.seed, batch=seeds, steps=20, cfg=4.0),
-                            [trained.concepts], run.reporter)
+                            [trained.file], run.reporter)
             rows[p] = result.images
             save_png(result.images[0], run.out / f"sample_{len(rows)}.png", result.recipe)
         return rows, f"{len(prompts)} prompts × {seeds} seeds"
@@ -299,7 +299,7 @@ def _erase(run: _Run) -> None:
         for p in erase_prompts:
             cfg = SampleConfig(prompt=p, seed=config.seed, batch=4, steps=20, cfg=4.0)
             rows += [(f"'{p}' before", sample(base, cfg, (), run.reporter).images),
-                     (f"after: {target} erased", sample(base, cfg, [erased.patch], run.reporter).images)]
+                     (f"after: {target} erased", sample(base, cfg, [erased.file], run.reporter).images)]
         return rows, f"{len(erase_prompts)} prompts × 4 seeds, before and after"
 
     rows = run.timed("erasure before/after samples", before_after)

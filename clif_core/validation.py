@@ -70,37 +70,29 @@ def check_finite_fields(config: Any, what: str) -> None:
 
 def cli_float(low: Optional[float] = None, high: Optional[float] = None) -> Callable[[str], float]:
     """An argparse `type=`: a finite number within [low, high]; argparse names the option in its message."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        try:
-            return check_number(value, "the value", low, high)
-        except ClifError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    parse.__name__ = "number"
-    parse.low, parse.high = low, high  # type: ignore[attr-defined]  # read by tests/test_options.py
-    return parse
+    return _cli_type(float, check_number, "number", low, high)
 
 
 def cli_int(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[str], int]:
     """An argparse `type=`: a whole number within [low, high]."""
+    return _cli_type(int, check_whole, "whole number", low, high)
 
-    def parse(text: str) -> int:
+
+def _cli_type(convert: Callable[[str], Any], check: Callable[..., Any], noun: str, low: Any, high: Any) -> Any:
+    """An argparse `type=`: `convert` the text, then `check` it within [low, high]; a refusal is argparse's."""
+
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
         try:
-            return check_whole(value, "the value", low, high)
+            return check(value, "the value", low, high)
         except ClifError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    parse.__name__ = "whole number"
-    parse.low, parse.high = low, high  # type: ignore[attr-defined]
+    parse.__name__ = noun
+    parse.low, parse.high = low, high  # type: ignore[attr-defined]  # read by tests/test_options.py
     return parse
 
 

@@ -130,7 +130,7 @@ class EraseConcepts(io.ComfyNode):
         result = train_with(clif_base, config.progress_total, lambda base, rep: erase_concepts(
             base, config, folder, path, reporter=rep, restart=restart, overwrite=overwrite))
         report = result.report()
-        return io.NodeOutput(result.patch, str(result.path), report, ui={"text": [report]})
+        return io.NodeOutput(result.file, str(result.path), report, ui={"text": [report]})
 
 
 class LoadErasurePatch(io.ComfyNode):
@@ -154,7 +154,7 @@ class LoadErasurePatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, patch: str) -> io.NodeOutput:
-        from clif_core.erase.patch import describe, load_erasure_patch
+        from clif_core.erase.patch import load_erasure_patch
         from clif_core.errors import ClifError
 
         path = _patch_path(patch)
@@ -162,7 +162,7 @@ class LoadErasurePatch(io.ComfyNode):
             raise ClifError(f"Erasure patch {patch!r} is not in models/{ERASURE_FOLDER} (nor an erasure patch in "
                             f"models/{CONCEPTS_FOLDER}): put the file there or pick one from the list.")
         loaded = load_erasure_patch(path)
-        return io.NodeOutput(loaded, describe(loaded))
+        return io.NodeOutput(loaded, loaded.summary())
 
 
 def comfy_unet_weights(model, modules: list[str]) -> dict:

@@ -79,7 +79,7 @@ def _config(default, names: dict[str, str], inputs: dict):
 
 def _output(result, run_dir=None) -> io.NodeOutput:
     report = result.report()
-    return io.NodeOutput(result.concepts, str(result.path), str(run_dir or result.run_dir), report,
+    return io.NodeOutput(result.file, str(result.path), str(run_dir or result.run_dir), report,
                          ui={"text": [report]})
 
 
@@ -95,8 +95,12 @@ _DATASET_TIP = "the augmented training set (CLIF Augment)"
 _VISION_TIP = "models/clip_vision: a .safetensors file or a transformers folder"
 
 
-def _run_inputs() -> list:
+def _run_inputs(vision: bool) -> list:
+    """The inputs every training node starts with: base, dataset, the CLIP vision tower (for the contrastive stage), the run."""
     return [
+        BaseModelType.Input("clif_base", tooltip=_BASE_TIP),
+        DatasetType.Input("dataset", tooltip=_DATASET_TIP),
+        *([io.Combo.Input("clip_vision", options=_vision_choices(), tooltip=_VISION_TIP)] if vision else []),
         io.String.Input("run_name", default="my_concepts",
                         tooltip="output/clif_runs/<run_name>: queue again to resume an interrupted run"),
         io.Boolean.Input("restart", default=False, tooltip="discard this run's checkpoints and start over"),
@@ -118,10 +122,7 @@ class ContrastiveEncoderTraining(io.ComfyNode):
             "(with a ViT-L/14 only the first text encoder is trained; the report says so).",
             is_output_node=True,
             inputs=[
-                BaseModelType.Input("clif_base", tooltip=_BASE_TIP),
-                DatasetType.Input("dataset", tooltip=_DATASET_TIP),
-                io.Combo.Input("clip_vision", options=_vision_choices(), tooltip=_VISION_TIP),
-                *_run_inputs(),
+                *_run_inputs(vision=True),
                 *widgets(STAGE1, _STEPS),
                 widget(STAGE1, "lr", "learning_rate"),
                 widget(STAGE1, "vectors", "vectors_per_concept"),
@@ -158,9 +159,7 @@ class DecoderTraining(io.ComfyNode):
             "file into the run folder (save it to models/clif_concepts with Save Concept File).",
             is_output_node=True,
             inputs=[
-                BaseModelType.Input("clif_base", tooltip=_BASE_TIP),
-                DatasetType.Input("dataset", tooltip=_DATASET_TIP),
-                *_run_inputs(),
+                *_run_inputs(vision=False),
                 *widgets(STAGE2, _STEPS),
                 widget(STAGE2, "lr", "learning_rate"),
                 ConceptsType.Input("concepts", optional=True, tooltip="stage 1's output; without it each concept "
@@ -200,10 +199,7 @@ class TrainConcepts(io.ComfyNode):
             "steps; queue again to resume (output/clif_runs/<run_name>).",
             is_output_node=True,
             inputs=[
-                BaseModelType.Input("clif_base", tooltip=_BASE_TIP),
-                DatasetType.Input("dataset", tooltip=_DATASET_TIP),
-                io.Combo.Input("clip_vision", options=_vision_choices(), tooltip=_VISION_TIP),
-                *_run_inputs(),
+                *_run_inputs(vision=True),
                 widget(STAGE1, "loop.steps", "stage1_steps", s1),
                 widget(STAGE2, "loop.steps", "stage2_steps", s2),
                 widget(STAGE1, "loop.batch_size", "stage1_batch_size", s1, optional=True),

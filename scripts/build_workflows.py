@@ -142,6 +142,11 @@ def workflows(base: str, vision: str) -> list[Workflow]:
     load = Node("base", "CLIFLoadBaseModel", "Base model (sandbox)", {"base_model": base})
     concepts = Node("concepts", "CLIFLoadConceptFile", "Concept file: ada + ida",
                     {"concept_file": CONCEPT_FILE})
+    # the same erasure run in workflows 4 and 5: workflow 5 resumes workflow 4's run when it exists
+    erase = Node("erase", "CLIFEraseConcepts", "Erase 'circle' (alternative: square)",
+                 {"targets": ERASE_TARGET, "preserve": "a red triangle", "method": "all-but-one", "steps": 200,
+                  "filename": SAVED_PATCH, "run_name": SAVED_PATCH, "overwrite": True},
+                 {"clif_base": ("base", "clif_base")})
     return [
         training_workflow(load, vision),
         Workflow("clif_2_multi_concept_sampling", note="Two trained concepts in one picture with the CLIF Sampler: "
@@ -190,11 +195,7 @@ def workflows(base: str, vision: str) -> list[Workflow]:
         Workflow("clif_4_erase_a_concept", note="All-but-One erasure of 'circle', steered to 'square'; the same "
                  "seeds render before (base MODEL) and after (patched MODEL).", groups=[
             Group("1. Erase", [
-                load,
-                Node("erase", "CLIFEraseConcepts", "Erase 'circle' (alternative: square)",
-                     {"targets": ERASE_TARGET, "preserve": "a red triangle", "method": "all-but-one",
-                      "steps": 200, "filename": SAVED_PATCH, "run_name": SAVED_PATCH, "overwrite": True},
-                     {"clif_base": ("base", "clif_base")}),
+                load, erase,
                 Node("patch", "CLIFApplyErasurePatch", "Apply the erasure patch", {},
                      {"model": ("base", "MODEL"), "erasure_patch": ("erase", "erasure_patch")}),
             ], "#7a2a2a"),
@@ -215,13 +216,7 @@ def workflows(base: str, vision: str) -> list[Workflow]:
         Workflow("clif_5_purify_an_image", note="Purification: the picture is inverted with DDIM under the "
                  "original model and regenerated with the erased model, keeping the layout and dropping the "
                  "concept. The erasure node resumes the run of workflow 4 when it exists.", groups=[
-            Group("1. Erasure patch", [
-                load,
-                Node("erase", "CLIFEraseConcepts", "Erase 'circle' (alternative: square)",
-                     {"targets": ERASE_TARGET, "preserve": "a red triangle", "method": "all-but-one",
-                      "steps": 200, "filename": SAVED_PATCH, "run_name": SAVED_PATCH, "overwrite": True},
-                     {"clif_base": ("base", "clif_base")}),
-            ], "#7a2a2a"),
+            Group("1. Erasure patch", [load, erase], "#7a2a2a"),
             Group("2. Picture to purify", [
                 Node("image", "LoadImage", "Picture with a circle", {"image": "clif_example_circle.png"}),
             ], "#2a6f3a"),

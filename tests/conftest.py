@@ -90,6 +90,22 @@ def one_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def sd1():
+    """A tiny SD1.x-shaped model in memory (seed 0), one per test module."""
+    from clif_core.models.tiny import build_tiny_model
+
+    return build_tiny_model("sd1", 0)
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    """A tiny SDXL-shaped model in memory (seed 0), one per test module."""
+    from clif_core.models.tiny import build_tiny_model
+
+    return build_tiny_model("sdxl", 0)
+
+
 def _tiny(family: str, tmp_path_factory):
     from clif_core.models.tiny import write_tiny_model
 
@@ -163,7 +179,7 @@ def made(tiny_sd1, tmp_path_factory):
     with single_thread():
         result = erase_concepts(base, tiny_config("all-but-one", "xattn", targets=targets, steps=4), root / "run",
                                 root / "patch.safetensors")
-    return base, result.patch, root / "patch.safetensors"
+    return base, result.file, root / "patch.safetensors"
 
 
 @pytest.fixture(scope="session")

@@ -68,11 +68,6 @@ def picture(path: Path, width: int = 96, height: int = 80) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
-
-
 @pytest.fixture()
 def good_file(sd1, tmp_path) -> Path:
     return save_concept_file(make_concept_file(sd1, k=1, text_lora=False, unet_targets=("to_q",)),

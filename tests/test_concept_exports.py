@@ -9,18 +9,7 @@ from safetensors.torch import load_file, save_file
 from clif_core.concepts.exports import export_comfy, import_comfy
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
-from clif_core.models.tiny import build_tiny_model
 from tests.helpers.concept_files import assert_same, make_concept_file
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return build_tiny_model("sdxl", 0)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

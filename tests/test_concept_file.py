@@ -30,16 +30,6 @@ from tests.helpers.concept_files import assert_same, make_concept_file
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return build_tiny_model("sdxl", 0)
-
-
 def _header(path) -> dict:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])

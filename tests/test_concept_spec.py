@@ -19,6 +19,7 @@ from clif_core.concepts.spec import (
     validate_concepts,
 )
 from clif_core.errors import ClifError
+from clif_core.models.clip_bpe import bytes_to_unicode
 from clif_core.progress import Reporter
 
 
@@ -236,15 +237,7 @@ def _tiny_clip_tokenizer():
     from transformers import CLIPTokenizer
 
     # byte-level alphabet as CLIP's BPE uses it, plus one merged word ("dog")
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    alphabet = [chr(c) for c in cs]
+    alphabet = list(bytes_to_unicode().values())
     vocab = alphabet + [c + "</w>" for c in alphabet] + ["do", "dog</w>", "<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=[("d", "o"), ("do", "g</w>")])
 

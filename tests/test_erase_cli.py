@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from clif_core.cli import main
-from clif_core.erase.patch import erased_pairs, load_erasure_patch
+from clif_core.erase.patch import load_erasure_patch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +25,7 @@ def patch_path(tiny_sd1, tmp_path_factory):
 
 def test_erase_writes_a_patch_and_keeps_its_run_folder(patch_path, capsys):
     patch = load_erasure_patch(patch_path)
-    assert erased_pairs(patch) == [("a pig", "a cow"), ("van gogh", None)]
+    assert patch.erased_pairs() == [("a pig", "a cow"), ("van gogh", None)]
     assert patch.metadata["preserve"] == ["a dog"] and patch.metadata["method"] == "all-but-one"
     run = patch_path.with_name("no_pigs_run")
     assert (run / "run.json").is_file() and (run / "metrics.json").is_file() and (run / "pool.safetensors").is_file()

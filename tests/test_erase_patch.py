@@ -10,7 +10,6 @@ from clif_core.concepts import lora_keys
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.erase.patch import (
     check_patch_base,
-    describe,
     export_for_loraloader,
     load_erasure_patch,
     merge_into_checkpoint,
@@ -44,9 +43,9 @@ def test_a_concept_file_is_not_an_erasure_patch(made, tmp_path):
         load_erasure_patch(tmp_path / "concepts.safetensors")
 
 
-def test_describe_names_pairs_method_and_base(made):
+def test_summary_of_a_patch_names_pairs_method_and_base(made):
     _, patch, _ = made
-    text = describe(patch)
+    text = patch.summary()
     assert "'a photo of a pig' → 'a photo of a cow'" in text and "params xattn" in text
     assert patch.base_fingerprint[:12] in text
 

@@ -14,7 +14,7 @@ from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.erase.conditioning import NULL, encode_prompts, unet_predict
 from clif_core.erase.config import EraseConfig, EraseTarget
 from clif_core.erase.objectives import target_guidance
-from clif_core.erase.patch import erased_pairs, load_erasure_patch
+from clif_core.erase.patch import load_erasure_patch
 from clif_core.erase.pool import load_pool, pool_key
 from clif_core.erase.trainer import POOL_FILE, EraseTask, _pool_recipe, erase_concepts
 from clif_core.errors import Cancelled, ClifError
@@ -80,7 +80,7 @@ def test_the_objective_falls_on_the_whole_pool(base, compared):
         batch = pool.select(range(len(pool)))
         with torch.no_grad():
             before = task.loss(batch).item()
-            with apply_concepts(base, [(result.patch, 1.0)]):
+            with apply_concepts(base, [(result.file, 1.0)]):
                 after = task.loss(batch).item()
         assert after < 0.7 * before, (method, before, after)
 
@@ -91,7 +91,7 @@ def test_all_but_one_keeps_the_unconditional_prediction_closer_than_esd(base, co
     drift = {}
     for method, (_, result, table, pool) in out.items():
         null_rows = torch.full((len(pool),), NULL)
-        with apply_concepts(base, [(result.patch, 1.0)]):
+        with apply_concepts(base, [(result.file, 1.0)]):
             patched = predictions(base, table, pool, null_rows)
         drift[method] = float((patched - pool.eps_null).norm() / pool.eps_null.norm())
     assert drift["all-but-one"] < 0.5 * drift["esd"], drift
@@ -104,7 +104,7 @@ def test_the_erased_guidance_moves_toward_the_alternative(base, compared):
     rows = torch.cat([torch.full((len(pool),), NULL), pool.target])
     goal = target_guidance(pool.eps_null, pool.eps_target, pool.eps_alt, pool.alt >= 0, 1.0, 0.0)
     gap_before = (pool.eps_target - pool.eps_null - goal).norm()
-    with apply_concepts(base, [(result.patch, 1.0)]):
+    with apply_concepts(base, [(result.file, 1.0)]):
         null, target = unet_predict(base, table, pool.x.repeat(2, 1, 1, 1), pool.t.repeat(2), rows).chunk(2)
     gap_after = (target - null - goal).norm()
     assert gap_after < 0.8 * gap_before, (gap_before, gap_after)
@@ -120,10 +120,10 @@ def test_patch_file_round_trips_bit_exactly(compared, tmp_path):
     out, _ = compared
     _, result, _, _ = out["all-but-one"]
     loaded = load_erasure_patch(result.path)
-    assert loaded.kind == "erasure" and erased_pairs(loaded) == [("a photo of a pig", "a photo of a cow")]
-    assert loaded.metadata == result.patch.metadata and loaded.recipe == result.patch.recipe
-    assert sorted(loaded.unet_lora) == sorted(result.patch.unet_lora)
-    for key, value in result.patch.unet_lora.items():
+    assert loaded.kind == "erasure" and loaded.erased_pairs() == [("a photo of a pig", "a photo of a cow")]
+    assert loaded.metadata == result.file.metadata and loaded.recipe == result.file.recipe
+    assert sorted(loaded.unet_lora) == sorted(result.file.unet_lora)
+    for key, value in result.file.unet_lora.items():
         assert loaded.unet_lora[key].dtype == value.dtype and torch.equal(loaded.unet_lora[key], value), key
     save_concept_file(loaded, tmp_path / "again.safetensors")
     again, original = split_safetensors(tmp_path / "again.safetensors"), split_safetensors(result.path)
@@ -165,24 +165,27 @@ def test_cancel_then_resume_gives_the_uninterrupted_patch_and_restores_the_base(
     resumed = erase_concepts(base, config, tmp_path / "cut", tmp_path / "cut.safetensors")
     assert resumed.train.resumed_from == 6
     assert_unchanged(base.unet, before)
-    assert sorted(resumed.patch.unet_lora) == sorted(straight.patch.unet_lora)
-    for key, value in straight.patch.unet_lora.items():
-        assert torch.equal(resumed.patch.unet_lora[key], value), key
-    assert resumed.patch.metadata["patch"]["factorised"] is True
-    assert resumed.patch.metadata["patch"]["max_relative_error"] <= config.patch_tolerance + 1e-6
+    assert sorted(resumed.file.unet_lora) == sorted(straight.file.unet_lora)
+    for key, value in straight.file.unet_lora.items():
+        assert torch.equal(resumed.file.unet_lora[key], value), key
+    assert resumed.file.metadata["patch"]["factorised"] is True
+    assert resumed.file.metadata["patch"]["max_relative_error"] <= config.patch_tolerance + 1e-6
 
 
 def test_several_concepts_with_preservation_in_one_run(base, tmp_path):
     targets = [EraseTarget("a photo of a pig", "a photo of a cow"), EraseTarget("van gogh")]
     config = tiny_config("all-but-one", "xattn", targets=targets, preserve=["a photo of a dog"], steps=6)
     result = erase_concepts(base, config, tmp_path / "run", tmp_path / "multi.safetensors")
-    assert erased_pairs(result.patch) == [("a photo of a pig", "a photo of a cow"), ("van gogh", None)]
-    assert result.patch.metadata["preserve"] == ["a photo of a dog"]
+    assert result.file.erased_pairs() == [("a photo of a pig", "a photo of a cow"), ("van gogh", None)]
+    assert result.file.metadata["preserve"] == ["a photo of a dog"]
     assert "preserve_drift" in result.metrics
+    report = result.report()  # the node's and the CLI's text: what the patch erases, where it is, the metrics
+    assert "erases 'van gogh' (no alternative)" in report and "preserves 'a photo of a dog'" in report
+    assert f"written to {tmp_path / 'multi.safetensors'}" in report and "preserve_drift: " in report
     table, pool = run_pool(base, tmp_path / "run", config)
     assert sorted(set(pool.concept.tolist())) == [0, 1] and (pool.keep == table.index("a photo of a dog")).all()
     assert set(pool.alt[pool.concept == 1].tolist()) == {-1}
-    assert all(".attn2." in k or "attn2" in k for k in result.patch.unet_lora)
+    assert all(".attn2." in k or "attn2" in k for k in result.file.unet_lora)
 
 
 def test_an_existing_patch_of_another_run_is_not_replaced(base, tmp_path):
@@ -205,16 +208,16 @@ def test_esd_u_patch_with_convolutions_applies_like_its_merged_delta(base, tmp_p
     from clif_core.erase.patch import merged
 
     result = erase_concepts(base, tiny_config("esd-u", "auto", steps=2), tmp_path / "run", tmp_path / "u.safetensors")
-    modules = sorted({k.split(".", 1)[0] for k in result.patch.unet_lora})
+    modules = sorted({k.split(".", 1)[0] for k in result.file.unet_lora})
     assert any(m.endswith("_conv1") for m in modules) and not any("attn2" in m for m in modules)
     table = encode_prompts(base, ["", "a photo of a pig"], (RESOLUTION, RESOLUTION))
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     t, rows = torch.tensor(400), torch.tensor([0, 1])
     with torch.no_grad():
         plain = unet_predict(base, table, x, t, rows)
-        with apply_concepts(base, [(result.patch, 1.0)]):
+        with apply_concepts(base, [(result.file, 1.0)]):
             applied = unet_predict(base, table, x, t, rows)
-        with merged(base, result.patch):
+        with merged(base, result.file):
             added = unet_predict(base, table, x, t, rows)
     assert (applied - added).abs().max() < 1e-4 < (applied - plain).abs().max()
 

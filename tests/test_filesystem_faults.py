@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from clif_core.concepts.file_format import save_concept_file
 from clif_core.errors import ClifError
 from clif_core.fileio import atomic_dir, filesystem_errors, in_use, save_safetensors_atomic, write_text_atomic
-from clif_core.models.tiny import build_tiny_model
 from clif_core.training.checkpoint import list_checkpoints, load_checkpoint
 from clif_core.training.loop import WEIGHT_CHECK_EVERY
 from tests.comfyui.rig import REPO_ROOT
@@ -124,11 +123,6 @@ def test_the_cli_maps_filesystem_errors_raised_anywhere(tmp_path, capsys, monkey
 
 
 # ---------------------------------------------------------------------------------- every entry point
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
 
 
 @pytest.fixture(scope="module")

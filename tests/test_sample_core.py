@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from clif_core.concepts.apply import apply_concepts
 from clif_core.errors import Cancelled, ClifError
-from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
+from clif_core.models.tiny import TINY_IMAGE_SIZE
 from clif_core.models.vae import vae_factor
 from clif_core.progress import Reporter
 from clif_core.sample.config import SCHEDULERS, SampleConfig
@@ -26,16 +26,6 @@ from clif_core.sample.schedulers import make_scheduler
 from tests.helpers.concept_files import make_concept_file
 
 PROMPT = "a photo of a red dog on a table"
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return build_tiny_model("sdxl", 0)
 
 
 def pixels(result) -> np.ndarray:

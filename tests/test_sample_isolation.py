@@ -12,7 +12,6 @@ from peft.tuners.lora import LoraLayer
 
 import clif_core.sample.sampler as sampler_module
 from clif_core.errors import ClifError
-from clif_core.models.tiny import build_tiny_model
 from clif_core.sample.config import Region, SampleConfig
 from clif_core.sample.isolation import layer_mask, soft_mask
 from clif_core.sample.regional import layout_regions
@@ -20,11 +19,6 @@ from clif_core.sample.sampler import ConceptUse, sample
 from tests.helpers.concept_files import make_concept_file
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "ff.net.0.proj", "time_emb_proj")
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from clif_core.cli import main
 from clif_core.concepts.file_format import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.loader import load_base_model
-from clif_core.models.tiny import TINY_IMAGE_SIZE, build_tiny_model
+from clif_core.models.tiny import TINY_IMAGE_SIZE
 from clif_core.sample.cli import parse_concept_arg
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.recipe import (
@@ -25,11 +25,6 @@ from clif_core.sample.recipe import (
 )
 from clif_core.sample.sampler import ConceptUse, sample
 from tests.helpers.concept_files import make_concept_file
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
 
 
 def test_png_recipe_round_trip_keeps_pixels_and_every_field(sd1, tmp_path):

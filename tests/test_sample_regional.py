@@ -26,11 +26,6 @@ from tests.helpers.concept_files import make_concept_file
 LEFT, RIGHT = "a red apple", "a blue car"
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    return build_tiny_model("sd1", 0)
-
-
 def test_named_layouts_tile_the_image():
     assert layout_boxes("left_right", 2) == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
     assert layout_boxes("top_bottom", 3)[1] == pytest.approx((0.0, 1 / 3, 1.0, 2 / 3))

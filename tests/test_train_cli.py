@@ -49,7 +49,8 @@ def test_clif_train_both_writes_a_concept_file_and_resumes(tiny_sd1, dataset, tm
     assert (tmp_path / "run" / "stage2" / "loss.png").is_file()
     assert (tmp_path / "run" / "stage2" / "previews" / "step-000003.png").is_file()
     printed = capsys.readouterr().out
-    assert "alice, bob: " in printed and "concept_cosine" in printed  # the report
+    assert "alice, bob (concepts, base sd1" in printed and "concept_cosine" in printed  # the report
+    assert f"written to {tmp_path / 'run' / 'stage2' / 'concepts.safetensors'}" in printed
 
     before = read(out)
     # finished: running again refuses to replace --out unless asked; with --overwrite it trains nothing and

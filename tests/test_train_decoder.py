@@ -136,18 +136,18 @@ def test_stage2_from_stage1_on_sdxl_keeps_the_text_lora_and_notes(tiny_sdxl, dat
     stage1 = train_contrastive(
         base, dataset, tiny_sdxl.vision_dir, tmp_path / "s1",
         ContrastiveConfig(text_lora_rank=2, holdout=0.0, loop=LoopConfig(steps=2, batch_size=2, log_every=0)), QUIET)
-    result = train_decoder(base, dataset, tmp_path / "s2", stage2_config(steps=2), init=stage1.concepts,
+    result = train_decoder(base, dataset, tmp_path / "s2", stage2_config(steps=2), init=stage1.file,
                            reporter=QUIET)
     cf = load_concept_file(result.path, base=base)
-    assert cf.text_lora.keys() == stage1.concepts.text_lora.keys()
-    assert all(torch.equal(cf.text_lora[k], stage1.concepts.text_lora[k]) for k in cf.text_lora)
+    assert cf.text_lora.keys() == stage1.file.text_lora.keys()
+    assert all(torch.equal(cf.text_lora[k], stage1.file.text_lora[k]) for k in cf.text_lora)
     assert set(cf.recipe) == {"stage1", "stage2"} and cf.metadata["stage1"]["paired_encoder"] == "clip_g"
     for c in cf.concepts:
         assert set(c.embeddings) == {"clip_l", "clip_g"}
     with apply_concepts(base, [(cf, 1.0)]):
         pass
 
-    other = load_concept_file(save_concept_file(stage1.concepts, tmp_path / "s1.safetensors"))
+    other = load_concept_file(save_concept_file(stage1.file, tmp_path / "s1.safetensors"))
     other.concepts[1].token = "<carol>"
     with pytest.raises(ClifError, match=r"holds the concepts \['<alice>', '<carol>'\]"):
         train_decoder(base, dataset, tmp_path / "s2b", stage2_config(steps=2), init=other, reporter=QUIET)

@@ -148,7 +148,7 @@ def test_stage1_previews_show_its_tokens_and_change_nothing(tiny_sd1, sd1, datas
     plain = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "plain", config(0), QUIET)
     previewed = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "previewed", config(1), QUIET)
     assert previewed.train.history == plain.train.history
-    for x, y in zip(plain.concepts.concepts, previewed.concepts.concepts):
+    for x, y in zip(plain.file.concepts, previewed.file.concepts):
         assert torch.equal(x.embeddings["clip_l"], y.embeddings["clip_l"])
     previews = tmp_path / "previewed" / "previews"
     assert sorted(p.name for p in previews.iterdir()) == ["step-000001.png", "step-000002.png"]

@@ -400,7 +400,7 @@ def erase(erasure: Erasure, method: str, base: BaseModel, characters: Any, confi
     slug = erasure.slug()
     result = erase_concepts(base, cfg, work / slug / method, work / slug / f"{method}.safetensors",
                             reporter=reporter, overwrite=True)
-    return result.patch
+    return result.file
 
 
 def run_erasure(erasure: Erasure, config: EraseBenchConfig, model: Any, oracle: Any, characters: Any, work: Path,

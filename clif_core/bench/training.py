@@ -116,7 +116,7 @@ def train_stages(stages: str, base: BaseModel, vision: Path, dataset: Path, run_
         s1, s2 = recipe.stage_steps()
         return train_concepts(base, dataset, vision, run_dir, ContrastiveConfig(lr=rates.stage1_lr, loop=loop(s1)),
                               DecoderConfig(lr=rates.lr, token_lr=rates.token_lr, preview_steps=0, loop=loop(s2)),
-                              reporter=reporter).concepts
+                              reporter=reporter).file
     lr, token_lr = (0.0, rates.ti_token_lr) if stages == "tokens" else (rates.lr, rates.token_lr)
     return train_decoder(base, dataset, run_dir, DecoderConfig(lr=lr, token_lr=token_lr, preview_steps=0,
-                                                               loop=loop(recipe.steps)), reporter=reporter).concepts
+                                                               loop=loop(recipe.steps)), reporter=reporter).file

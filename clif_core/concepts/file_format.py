@@ -124,12 +124,24 @@ class ConceptFile:
     def display_title(self) -> str:
         return self.title or ", ".join(c.name for c in self.concepts) or f"CLIF {self.kind}"
 
+    def erased_pairs(self) -> list[tuple[str, Optional[str]]]:
+        """An erasure patch's (target, alternative or None) pairs, in order; none for a concept set."""
+        return [(e["target"], e.get("alternative")) for e in self.metadata.get("erased", [])]
+
     def summary(self) -> str:
-        """A few human-readable lines: what the file holds and what it was made for."""
+        """A few human-readable lines: what the file holds (concepts, or what a patch erases and how) and what it
+        was made for."""
         lines = [f"{self.display_title()} ({self.kind}, base {self.base_family}"
                  + (f", fingerprint {self.base_fingerprint[:12]}" if self.base_fingerprint else "") + ")"]
         for c in self.concepts:
             lines.append(f"  {c.token}: {c.name} (class '{c.class_word}', {c.vectors} vector(s) per encoder)")
+        if self.kind == "erasure":
+            meta = self.metadata
+            for target, alternative in self.erased_pairs():
+                lines.append(f"  erases {target!r}" + (f" → {alternative!r}" if alternative else " (no alternative)"))
+            if meta.get("preserve"):
+                lines.append(f"  preserves {', '.join(map(repr, meta['preserve']))}")
+            lines.append(f"  method {meta.get('method')}, params {meta.get('params')}, {meta.get('steps')} steps")
         for label, lora in (("UNet LoRA", self.unet_lora), ("text LoRA", self.text_lora)):
             modules = lora_keys.lora_modules(lora)
             if modules:

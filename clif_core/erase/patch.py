@@ -37,27 +37,6 @@ PROBE_RTOL = 1e-2  # bf16 keeps a relative error below 0.4%
 PROBE_ATOL = 1e-3  # relative to the largest probed value of the tensor (fp16 subnormals)
 
 
-def erased_pairs(patch: ConceptFile) -> list[tuple[str, Optional[str]]]:
-    return [(e["target"], e.get("alternative")) for e in patch.metadata.get("erased", [])]
-
-
-def describe(patch: ConceptFile) -> str:
-    """Readable lines: what the patch erases, how, for which base."""
-    meta = patch.metadata
-    lines = [f"{patch.display_title()} (erasure patch, base {patch.base_family}"
-             + (f", fingerprint {patch.base_fingerprint[:12]})" if patch.base_fingerprint else ")")]
-    for target, alternative in erased_pairs(patch):
-        lines.append(f"  erases {target!r}" + (f" → {alternative!r}" if alternative else " (no alternative)"))
-    if meta.get("preserve"):
-        lines.append(f"  preserves {', '.join(map(repr, meta['preserve']))}")
-    lines.append(f"  method {meta.get('method')}, params {meta.get('params')}, {meta.get('steps')} steps")
-    modules = lora_keys.lora_modules(patch.unet_lora)
-    ranks = sorted({int(patch.unet_lora[m + ".lora_down.weight"].shape[0]) for m in modules})
-    if modules:
-        lines.append(f"  UNet LoRA: {len(modules)} modules, rank {ranks[0]}–{ranks[-1]}")
-    return "\n".join(lines)
-
-
 def check_is_patch(cf: ConceptFile, where: str) -> None:
     """Refuse a concept file that is not an erasure patch (its erased list is checked by checks.validate,
     which every loader and the sampler use)."""
@@ -151,7 +130,7 @@ def merge_into_checkpoint(base: BaseModel, patch: ConceptFile, out_path: str | o
     check_is_patch(patch, "erasure patch")
     check_strength(strength, "merge strength")
     check_patch_base(patch, base, allow_other_base, warn)
-    pairs = "; ".join(f"{t} -> {a}" if a else t for t, a in erased_pairs(patch))
+    pairs = "; ".join(f"{t} -> {a}" if a else t for t, a in patch.erased_pairs())
     with merged(base, patch, strength):
         return save_single_file(base, out_path, metadata={
             "clif.merged_erasure": pairs, "clif.merged_from_fingerprint": base.fingerprint,

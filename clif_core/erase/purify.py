@@ -27,7 +27,7 @@ from clif_core.progress import SILENT, Reporter
 from clif_core.validation import MAX_GUIDANCE, check_number, check_whole
 
 from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict
-from .patch import check_is_patch, check_patch_base, erased_pairs
+from .patch import check_is_patch, check_patch_base
 
 if TYPE_CHECKING:
     from clif_core.models.base import BaseModel
@@ -67,7 +67,7 @@ def purify(
     check_number(guidance_scale, "purify guidance_scale", 0, MAX_GUIDANCE)
     check_min_side(image.size, "the picture to purify")
     if prompt is None or not prompt.strip():
-        prompt = ", ".join(target for target, _ in erased_pairs(patch))
+        prompt = ", ".join(target for target, _ in patch.erased_pairs())
     original_size = image.size
     width, height = model_size(base, *original_size)
     from PIL import Image

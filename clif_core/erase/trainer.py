@@ -13,55 +13,36 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from clif_core.concepts.apply import apply_concepts
-from clif_core.concepts.file_format import ConceptFile, save_concept_file
+from clif_core.concepts.file_format import ConceptFile
 from clif_core.concepts.thumbnail import make_thumbnail
 from clif_core.errors import ClifError
-from clif_core.fileio import in_use, write_text_atomic
+from clif_core.fileio import in_use
 from clif_core.models.base import BaseModel
 from clif_core.models.vae import decode_latents, native_resolution, vae_factor
 from clif_core.progress import SILENT, Reporter
 from clif_core.training.loop import ParamGroup, TrainResult, run_training, sub_reporter
 from clif_core.training.precision import check_precision, make_accelerator
-from clif_core.training.run_folder import RunFolder, recipe_differences
+from clif_core.training.result import METRICS_FILE, RunResult
+from clif_core.training.run_folder import RunFolder, base_recipe, recipe_differences
 
 from . import objectives
 from .conditioning import NULL, PromptTable, encode_prompts, mixed_autocast, unet_predict, unique_prompts
 from .config import EraseConfig, unknown_target_warnings
 from .latents import ddim_sample, grid, initial_noise
 from .metrics import erasure_metrics
-from .patch import describe, weight_probe
+from .patch import weight_probe
 from .pool import XtPool, build_pool, load_pool, pool_key, save_pool, seed_for
 from .subsets import make_subset
 
 POOL_FILE = "pool.safetensors"
-METRICS_FILE = "metrics.json"
 PREVIEW_STEPS = 20
 PREVIEW_CONCEPTS = 4
-
-
-@dataclass
-class EraseResult:
-    """A finished run: the patch (also written to `path`), its measurements and notes."""
-
-    patch: ConceptFile
-    path: Path
-    run_dir: Path
-    metrics: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    train: Optional[TrainResult] = None
-
-    def report(self) -> str:
-        lines = [describe(self.patch), f"written to {self.path}"]
-        lines += [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in self.metrics.items()]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 class EraseTask:
@@ -130,8 +111,7 @@ def preview_erased(base: BaseModel, table: PromptTable, config: EraseConfig, res
 def run_recipe(base: BaseModel, config: EraseConfig, resolution: int) -> dict[str, Any]:
     return {
         "erase": {**config.to_dict(), "resolution": resolution},
-        "base": {"family": base.family, "fingerprint": base.fingerprint, "prediction_type": base.prediction_type,
-                 "dtype": str(base.dtype).removeprefix("torch.")},
+        "base": base_recipe(base),
     }
 
 
@@ -171,7 +151,7 @@ def erase_concepts(
     restart: bool = False,
     title: str = "",
     overwrite: bool = False,
-) -> EraseResult:
+) -> RunResult:
     """Erase `config.targets` from `base` and write the erasure patch to `out_path`.
 
     `run_dir` holds the run (run.json, x_t pool, checkpoints, loss curve, metrics.json); running again with
@@ -212,8 +192,8 @@ def erase_concepts(
             patch.thumbnail = make_thumbnail(preview_erased(base, table, config, resolution))
         metrics = {"final_loss": train.final_loss, **metrics,
                    "patch_max_relative_error": patch_stats["max_relative_error"]}
-        result = EraseResult(patch, Path(out_path), Path(run_dir), metrics, notes, train)
-        _write(result, run, accelerator)
+        result = RunResult(patch, Path(out_path), Path(run_dir), metrics, notes, train)
+        result.write(run, accelerator)
         reporter.log("erase: " + result.report().replace("\n", "\n  "))
         return result
 
@@ -266,13 +246,3 @@ def _patch(base: BaseModel, config: EraseConfig, recipe: dict[str, Any], title: 
             "unet_probe": weight_probe(base.unet, sorted({k.split(".", 1)[0] for k in lora})),
         },
     )
-
-
-def _write(result: EraseResult, run: RunFolder, accelerator: Any) -> None:
-    """The patch and metrics.json, atomically, by the main process."""
-    if accelerator.is_main_process:
-        save_concept_file(result.patch, result.path)
-        write_text_atomic(run.output(METRICS_FILE), json.dumps(
-            {"metrics": result.metrics, "notes": result.notes, "patch": str(result.path)}, indent=1, sort_keys=True,
-            allow_nan=True))
-    accelerator.wait_for_everyone()

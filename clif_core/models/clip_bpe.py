@@ -28,7 +28,7 @@ MODEL_MAX_LENGTH = 77
 _NUM_MERGES = VOCAB_SIZE - 256 - 256 - 2
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte → printable-character table (GPT-2's): printable bytes map to themselves."""
     printable = (
         list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -63,7 +63,7 @@ def build_clip_bpe_texts(bpe_gz: Optional[Path] = None) -> tuple[str, str]:
     lines = gzip.open(source, "rt", encoding="utf-8").read().split("\n")
     # Line 0 is a version comment; CLIP uses the first 48,894 merges that follow.
     merges = [tuple(line.split()) for line in lines[1 : 1 + _NUM_MERGES]]
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
     if len(vocab_list) != VOCAB_SIZE or any(len(m) != 2 for m in merges):
         raise ClifError(f"{source} is not CLIP's BPE vocabulary (expected {_NUM_MERGES} merges)")

@@ -1,4 +1,5 @@
-"""The published architectures (SD 1.5, SD 2.1-768, SDXL base) with random weights, from the bundled configs.
+"""Models with random weights: the published architectures (SD 1.5, SD 2.1-768, SDXL base) from the bundled
+configs, or any family's from configs handed in (the tiny test models).
 
 For benchmarks ("an SD1.5-architecture model with random weights") and, on the meta device, for checking
 key layouts and shapes of real-size models without allocating their memory.
@@ -6,7 +7,7 @@ key layouts and shapes of real-size models without allocating their memory.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -28,11 +29,23 @@ def build_published_architecture(
     The weights are created directly on `device` (default CPU; "meta" gives shapes without memory, and an
     empty fingerprint). Random, so its images are noise: use it for speed and memory measurements only.
     """
+    return build_random_model(family, bundled_configs(get_family(family).name), seed=seed, device=device, dtype=dtype)
+
+
+def build_random_model(
+    family: str,
+    configs: Mapping[str, Mapping[str, Any]],
+    *,
+    seed: int = 0,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> BaseModel:
+    """A `family` model of the diffusers `configs` ("unet", "vae", "scheduler" and one per text encoder subfolder)
+    with weights drawn from `seed`, created directly on `device` (default CPU) in `dtype` (default float32)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = get_family(family)
-    configs = bundled_configs(spec.name)
     target = torch.device(device) if device is not None else torch.device("cpu")
     with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), target:
         torch.manual_seed(seed)

@@ -27,10 +27,11 @@ import torch
 
 from clif_core.fileio import atomic_dir
 from clif_core.models.base import BaseModel
-from clif_core.models.clip_bpe import BPE_DIR, clip_tokenizer
+from clif_core.models.clip_bpe import BPE_DIR
 from clif_core.models.families import get_family
 from clif_core.models.ldm_layout import save_single_file
-from clif_core.models.loader import assemble_base_model, bundled_configs, scheduler_from_config
+from clif_core.models.loader import bundled_configs
+from clif_core.models.random_model import build_random_model
 
 TINY_IMAGE_SIZE = 64  # pixels; the tiny VAE downscales by 2
 TINY_VAE_SCALE = 2
@@ -112,30 +113,7 @@ def tiny_configs(family: str) -> dict[str, dict]:
 
 def build_tiny_model(family: str, seed: int = 0) -> BaseModel:
     """A tiny model of `family` ("sd1", "sd2", "sdxl") with weights drawn from `seed`, on CPU in float32."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    spec = get_family(family)
-    configs = tiny_configs(spec.name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**configs["unet"])
-        vae = AutoencoderKL(**configs["vae"])
-        encoders = []
-        for i, sub in enumerate(spec.encoder_subfolders):
-            cls = CLIPTextModelWithProjection if spec.name == "sdxl" and i == 1 else CLIPTextModel
-            encoders.append(cls(CLIPTextConfig(**configs[sub])))
-    tokenizers = [clip_tokenizer(pad) for pad in spec.text_pad_tokens]
-    return assemble_base_model(
-        family=spec.name,
-        unet=unet,
-        vae=vae,
-        scheduler=scheduler_from_config(configs["scheduler"]),
-        encoders=encoders,
-        tokenizers=tokenizers,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
+    return build_random_model(family, tiny_configs(get_family(family).name), seed=seed)
 
 
 def build_tiny_vision_tower(family: str, seed: int = 0) -> Any:

@@ -9,10 +9,10 @@ from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 from clif_core.training.loop import sub_reporter
 from clif_core.training.precision import make_accelerator
+from clif_core.training.result import RunResult
 
 from .contrastive import ContrastiveConfig, train_contrastive
 from .decoder import DecoderConfig, train_decoder
-from .result import StageResult
 from .vision import VisionTower
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def train_concepts(
     restart: bool = False,
     class_dir: Optional[str | Path] = None,
     generate: Optional[Callable[[str, int, int], list]] = None,
-) -> StageResult:
+) -> RunResult:
     """Stage 1 then stage 2 (progress runs over both); returns stage 2's result, with stage 1's notes.
 
     Both stages run with one precision (an accelerate process trains in one); resuming picks up whichever
@@ -51,7 +51,7 @@ def train_concepts(
     root = Path(run_dir)
     first = train_contrastive(base, dataset, vision, root / STAGE_DIRS[0], stage1, sub_reporter(reporter, 0, total),
                               accelerator, restart)
-    result = train_decoder(base, dataset, root / STAGE_DIRS[1], stage2, init=first.concepts,
+    result = train_decoder(base, dataset, root / STAGE_DIRS[1], stage2, init=first.file,
                            reporter=sub_reporter(reporter, stage1.loop.steps, total), accelerator=accelerator,
                            restart=restart, class_dir=class_dir, generate=generate)
     result.metrics = {"stage1": first.metrics, "stage2": result.metrics}

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                                 accelerator, args.restart, class_dir=args.class_dir)
     if accelerator.is_main_process:
         if args.out:
-            save_concept_file(result.concepts, args.out)
+            save_concept_file(result.file, args.out)
             reporter.log(f"wrote {args.out}")
         print(result.report())
     accelerator.wait_for_everyone()

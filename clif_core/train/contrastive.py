@@ -35,12 +35,12 @@ from clif_core.training.loop import LoopConfig, ParamGroup, run_training
 from clif_core.training.lora import trainable_lora
 from clif_core.training.losses import info_nce
 from clif_core.training.precision import check_precision, make_accelerator
-from clif_core.training.run_folder import RunFolder, open_run
+from clif_core.training.result import METRICS_FILE, RunResult
+from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
 from .leakage import LeakagePreview, leakage_prompts
-from .result import StageResult, base_recipe, write_outputs
 from .tokens import ConceptTokens, initial_concepts
 from .vision import VisionTower, load_vision_tower, pair_encoder
 
@@ -248,7 +248,7 @@ def train_contrastive(
     reporter: Reporter = SILENT,
     accelerator: Any = None,
     restart: bool = False,
-) -> StageResult:
+) -> RunResult:
     """Run stage 1 on `base` (a BaseModel, left unchanged afterwards) with the augmented `dataset` folder.
 
     Writes RUN/stage1.safetensors (an intermediate concept file) and RUN/metrics.json; resumes from RUN's
@@ -261,7 +261,7 @@ def train_contrastive(
     check_precision(base, accelerator.mixed_precision)
     tower = vision if isinstance(vision, VisionTower) else load_vision_tower(vision, base.device, base.dtype)
     slot_name, note = pair_encoder(base, tower)
-    run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
+    run = RunFolder(run_dir, outputs=(OUTPUT, METRICS_FILE))
     with in_use(run.path, enabled=accelerator.is_main_process):
         recipe = _recipe(base, ds, tower, config)
         open_run(run, recipe, restart, accelerator)
@@ -290,8 +290,8 @@ def train_contrastive(
             "before": before, "after": after, "final_loss": trained.final_loss,
         }
         concepts.metadata = {"stage1": {**metrics, "note": note}}
-        result = StageResult(concepts, run.output(OUTPUT), run.path, metrics, [note], trained)
-        write_outputs(result, run, accelerator)
+        result = RunResult(concepts, run.output(OUTPUT), run.path, metrics, [note], trained)
+        result.write(run, accelerator)
         reporter.log(f"stage 1 concept cosine {before['concept_cosine']} → {after['concept_cosine']}")
         return result
 

@@ -35,13 +35,13 @@ from clif_core.training.loop import LoopConfig, ParamGroup, TrainResult, run_tra
 from clif_core.training.lora import trainable_lora
 from clif_core.training.losses import min_snr_weight
 from clif_core.training.precision import check_precision, make_accelerator
-from clif_core.training.run_folder import RunFolder, open_run
+from clif_core.training.result import METRICS_FILE, RunResult
+from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
 from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
 from .prior import CLASS_PROMPT, class_images
-from .result import StageResult, base_recipe, write_outputs
 from .tokens import ConceptTokens, initial_concepts
 
 OUTPUT = "concepts.safetensors"
@@ -246,7 +246,7 @@ def train_decoder(
     restart: bool = False,
     class_dir: Optional[str | Path] = None,
     generate: Optional[Callable[[str, int, int], list]] = None,
-) -> StageResult:
+) -> RunResult:
     """Run stage 2 on `base` (left unchanged afterwards) with the augmented `dataset` folder.
 
     `init`: the stage-1 concept file (its embeddings start the tokens, its text LoRA stays applied and goes
@@ -262,7 +262,7 @@ def train_decoder(
         _check_init(init, [c[1] for c in concepts], f"concept file {init.display_title()!r}")
     accelerator = accelerator or make_accelerator(config.loop, base.device)
     check_precision(base, accelerator.mixed_precision)
-    run = RunFolder(run_dir, outputs=(OUTPUT, "metrics.json"))
+    run = RunFolder(run_dir, outputs=(OUTPUT, METRICS_FILE))
     with in_use(run.path, enabled=accelerator.is_main_process):
         recipe = {
             "stage": "decoder", "config": config.to_dict(), "base": base_recipe(base),
@@ -281,9 +281,9 @@ def train_decoder(
         start = init if init is not None else initial_concepts(base, concepts, config.vectors)
         trained = _train(base, ds, start, [c[1] for c in concepts], config, encoded, prior_images, run, accelerator,
                          reporter)
-        result = StageResult(_result_file(base, init, recipe, trained), run.output(OUTPUT), run.path,
+        result = RunResult(_result_file(base, init, recipe, trained), run.output(OUTPUT), run.path,
                              trained.metrics, _notes(init), trained.train)
-        write_outputs(result, run, accelerator)
+        result.write(run, accelerator)
         return result
 
 

@@ -2,7 +2,8 @@
 
 Modules: `loop` (run_training: accumulation, checkpoints, resume, cancel, NaN stop, previews), `precision`
 (mixed precision, the accelerator, the half-precision check), `checkpoint` (checkpoint files, safetensors
-only), `run_folder` (a run's folder and its resume rules), `optim` (AdamW, 8-bit when bitsandbytes is
-present), `curve` (loss CSV and PNG). Nothing here knows a method: a trainer hands the loop a `TrainTask`.
+only), `run_folder` (a run's folder and its resume rules), `result` (what a finished run returns and writes:
+the concept file or erasure patch, metrics.json), `optim` (AdamW, 8-bit when bitsandbytes is present), `curve`
+(loss CSV and PNG). Nothing here knows a method: a trainer hands the loop a `TrainTask`.
 Import the modules directly; this package imports nothing heavy on its own.
 """

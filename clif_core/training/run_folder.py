@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from clif_core.errors import ClifError
 from clif_core.fileio import write_text_atomic
 from clif_core.validation import field_of, read_json
 
 from .checkpoint import list_checkpoints
+
+if TYPE_CHECKING:
+    from clif_core.models.base import BaseModel
 
 FORMAT = "clif.train-run"
 VERSION = 1
@@ -40,6 +43,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: value}
+
+
+def base_recipe(base: BaseModel) -> dict[str, Any]:
+    """What of the base model a run's recipe holds (a run resumes only on the same weights, dtype included)."""
+    return {"family": base.family, "fingerprint": base.fingerprint, "prediction_type": base.prediction_type,
+            "dtype": str(base.dtype).removeprefix("torch.")}
 
 
 def recipe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
