@@ -148,32 +148,64 @@ def test_deltas_that_no_longer_fit_the_base_are_loaded_again(sd1, monkeypatch):
     assert loads == [1]
 
 
-def test_merged_weights_compute_what_live_peft_adapters_compute(sd1):
+def test_a_half_precision_base_reuses_its_deltas_and_is_restored_exactly(monkeypatch):
+    base = build_tiny_model("sd1", 0)
+    for part in (base.unet, *(s.encoder for s in base.text)):
+        part.to(torch.bfloat16)
+    before = snapshot(base)
+    cf = make_concept_file(base, seed=1)
+    files, fingerprints = [(cf, 0.9)], [concept_file_fingerprint(cf)]
+    layer = base.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    original = layer.weight.detach().clone()
+    with apply_merged(base, files, fingerprints):
+        first = layer.weight.detach().clone()
+        assert layer.weight.dtype == torch.bfloat16 and not torch.equal(first, original)
+    assert_as_before(base, before)
+    fail_if_loaded(monkeypatch)
+    with apply_merged(base, files, fingerprints):
+        assert torch.equal(layer.weight, first)
+    assert_as_before(base, before)
+    clear_cache(base)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_merged_weights_compute_what_live_peft_adapters_compute(family):
     """UNet and text encoder outputs with two files at their strengths: merged into the weights vs peft's
-    adapters (apply_concepts), equal to float32 rounding."""
-    a = make_concept_file(sd1, seed=1, names=("alice",))
-    b = make_concept_file(sd1, seed=2, names=("bob",))
+    adapters (apply_concepts), equal to float32 rounding; afterwards the base computes as before, exactly."""
+    base = build_tiny_model(family, 0)
+    a = make_concept_file(base, seed=1, names=("alice",))
+    b = make_concept_file(base, seed=2, names=("bob",))
     files = [(a, 0.7), (b, 1.2)]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 32, 32, generator=gen)
-    ctx = torch.randn(1, 7, sd1.unet.config.cross_attention_dim, generator=gen)
+    ctx = torch.randn(1, 7, base.unet.config.cross_attention_dim, generator=gen)
+    kwargs = {}
+    if family == "sdxl":
+        pooled = base.slot("clip_g").encoder.config.projection_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=gen),
+                                       "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
 
-    def outputs():
-        slot = sd1.text[0]
-        ids = slot.tokenizer("<alice> and <bob>", padding="max_length", max_length=slot.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
-        with torch.no_grad():
-            return sd1.unet(x, torch.tensor([500]), ctx).sample, slot.encoder(ids).last_hidden_state
+    def outputs() -> list[torch.Tensor]:
+        out = [base.unet(x, torch.tensor([500]), ctx, **kwargs).sample]
+        for slot in base.text:
+            ids = slot.tokenizer("<alice> and <bob>", padding="max_length", return_tensors="pt",
+                                 max_length=slot.tokenizer.model_max_length).input_ids
+            out.append(slot.encoder(ids).last_hidden_state)
+        return out
 
-    with apply_concepts(sd1, files):
-        live_unet, live_text = outputs()
-    with apply_merged(sd1, files, [concept_file_fingerprint(cf) for cf, _ in files]) as applied:
-        assert applied.adapters == {} and not any(isinstance(m, LoraLayer) for m in sd1.unet.modules())
-        merged_unet, merged_text = outputs()
-    plain_unet, _ = outputs()
-    assert (merged_unet - plain_unet).abs().max() > 1e-2  # the LoRAs matter
-    torch.testing.assert_close(merged_unet, live_unet, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(merged_text, live_text, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        plain = outputs()
+        with apply_concepts(base, files):
+            live = outputs()
+        with apply_merged(base, files, [concept_file_fingerprint(cf) for cf, _ in files]) as applied:
+            assert applied.adapters == {} and not any(isinstance(m, LoraLayer) for m in base.unet.modules())
+            merged = outputs()
+        after = outputs()
+    assert (merged[0] - plain[0]).abs().max() > 1e-2  # the LoRAs matter
+    for m, v in zip(merged, live):
+        torch.testing.assert_close(m, v, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(t, u) for t, u in zip(after, plain))
+    clear_cache(base)
 
 
 def test_an_isolated_file_stays_a_live_adapter_next_to_a_merged_patch(sd1, monkeypatch):

@@ -82,7 +82,7 @@ def has_lora(cf: ConceptFile, strength: float) -> bool:
 def lora_deltas(base: BaseModel, files: Sequence[ConceptFile]) -> list[Deltas]:
     """Each file's ΔW per adapted module at strength 1, as peft computes it: the files are loaded as
     `apply_concepts` loads them (peft adapters, keys and per-module ranks/alphas exact), each layer's
-    `get_delta_weight` is read, and the adapters are removed again."""
+    `get_delta_weight` is read (in the layer weight's dtype), and the adapters are removed again."""
     from peft.tuners.lora import LoraLayer
 
     loading = AppliedConcepts(base=base, tokens={}, adapters={})
@@ -94,9 +94,11 @@ def lora_deltas(base: BaseModel, files: Sequence[ConceptFile]) -> list[Deltas]:
             for module, component, _ in lora_components(base):
                 for name, layer in module.named_modules():
                     if isinstance(layer, LoraLayer):
+                        weight = layer.get_base_layer().weight
                         for adapter in layer.lora_A:
-                            if adapter in index:
-                                deltas[index[adapter]][(component, name)] = layer.get_delta_weight(adapter).detach()
+                            if adapter in index:  # kept in the weight's dtype, whatever peft computed it in
+                                delta = layer.get_delta_weight(adapter).detach().to(weight.dtype)
+                                deltas[index[adapter]][(component, name)] = delta
     finally:
         loading.remove()
     return deltas
