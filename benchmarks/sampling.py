@@ -6,9 +6,11 @@
     .venv/bin/python benchmarks/sampling.py --isolation # CPU: concept isolation vs the same files everywhere
 
 How runs are timed: each path's first run is timed on its own ("first s": a new graph, or a new concept file,
-pays its one-off costs there), then every path runs `--repeat` times, taking turns (on a shared CPU the load
-drifts over minutes; taking turns gives every path the same load, so same-run ratios hold), and the medians
-are reported. This pack's sampler runs as the CLIF Sampler node does when a graph is queued again: a new seed
+pays its one-off costs there), then it runs `--repeat` times and the medians are reported. This pack's sampler
+paths (plain, regional, with concepts) take turns run by run: on a shared CPU the load drifts over minutes, and
+taking turns gives them the same load, so their ratios hold. diffusers' and ComfyUI's paths are measured one
+after the other (ComfyUI's in its own process), so their ratios to this sampler are only as good as the
+machine is quiet. This pack's sampler runs as the CLIF Sampler node does when a graph is queued again: a new seed
 each run and new ConceptUse objects (file fingerprints taken every run). With --cpu, each concept path's
 first run is also printed against its plain path's median ("first run" ratios).
 

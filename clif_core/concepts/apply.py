@@ -11,6 +11,11 @@
 original embedding modules and removes exactly the adapters it added (`AppliedConcepts.adapters`; the peft
 layers go with the last adapter of a module), so the base computes bit-identically to before. Adapters that
 another owner added meanwhile (a LoRA being trained) are that owner's to remove.
+
+The sampler applies files through `merged.apply_merged` instead: the same checks and tokens, with the LoRAs
+merged into the weights from deltas kept across runs (that module says why); it loads live adapters the way
+`apply_concepts` does only for files isolated to a region. `apply_concepts` stays for whoever needs live
+adapters throughout (training, the erasure trainer).
 """
 
 from __future__ import annotations
