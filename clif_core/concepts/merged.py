@@ -27,8 +27,8 @@ weights during a run, each one copy of the weights the files' LoRAs touch.
 Measured after the change, same model and thread: a repeated run's `apply_merged` takes 0.03-0.05 s and its
 undo 2 ms, a UNet call on merged weights costs what one on the plain weights does (within ±3%, the noise of
 the shared CPU), and a new file's first run takes about what every run's apply used to (peft's load once,
-plus reading the deltas). `benchmarks/sampling.py --cpu`: concepts 0.94×/0.95× the time per image of none,
-against 1.53×/1.89× before (README's measured table).
+plus reading the deltas). `benchmarks/sampling.py --cpu` (2 threads): concepts 1.03× the time per image of
+none, against 1.49× for the code before, run right after on the same machine (README's measured table).
 
 Why not the alternatives: leaving peft layers or merged weights on the base between runs would make the
 shared base model (other nodes use the same object) differ from the loaded one until something removed
