@@ -5,6 +5,15 @@
     .venv/bin/python benchmarks/sampling.py --smoke     # tiny model on CPU, 2 steps: checks the script still runs
     .venv/bin/python benchmarks/sampling.py --isolation # CPU: concept isolation vs the same files everywhere
 
+How runs are timed: each path's first run is timed on its own ("first s": a new graph, or a new concept file,
+pays its one-off costs there), then it runs `--repeat` times and the medians are reported. This pack's sampler
+paths (plain, regional, with concepts) take turns run by run: on a shared CPU the load drifts over minutes, and
+taking turns gives them the same load, so their ratios hold. diffusers' and ComfyUI's paths are measured one
+after the other (ComfyUI's in its own process), so their ratios to this sampler are only as good as the
+machine is quiet. This pack's sampler runs as the CLIF Sampler node does when a graph is queued again: a new seed
+each run and new ConceptUse objects (file fingerprints taken every run). With --cpu, each concept path's
+first run is also printed against its plain path's median ("first run" ratios).
+
 Without CUDA (and without --cpu or --smoke) it prints "no GPU" and exits 0. `--json FILE` writes the figures
 (bench_common's format). All paths sample the same random-weight
 model (written once as a single-file checkpoint for ComfyUI, which runs in a subprocess on the rig's ComfyUI
@@ -29,6 +38,7 @@ the attention projections and conv1, plus a text LoRA), applied everywhere vs ea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import statistics
@@ -56,31 +66,54 @@ def _sync() -> float:
 
 
 def measure(run, repeat: int) -> dict:
-    """`run(marks)` samples one image, appending `_sync()` at the end of every step. One warm-up run first."""
-    run([])
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    totals, rates = [], []
-    for _ in range(repeat):
-        marks: list[float] = []
+    """`run(marks)` samples one image, appending `_sync()` at the end of every step. One first run, timed
+    (`first_s`: what a new graph, or a new concept file, costs once) but not in the medians."""
+    return measure_interleaved({"run": run}, repeat)["run"]
+
+
+def measure_interleaved(runs: dict, repeat: int) -> dict[str, dict]:
+    """`measure` for several paths at once, taking turns: each path's first run, then `repeat` rounds of one run
+    per path. On a shared CPU the load changes over minutes; taking turns exposes every path to the same load,
+    so their ratios hold where the absolute times do not. Peak GPU memory is each path's own, over its rounds."""
+    first = {}
+    for name, run in runs.items():
         start = _sync()
-        run(marks)
-        totals.append(_sync() - start)
-        rates.append((len(marks) - 1) / (marks[-1] - marks[0]))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return {"it_s": statistics.median(rates), "s_image": statistics.median(totals), "peak_gib": peak}
+        run([])
+        first[name] = _sync() - start
+    totals: dict[str, list[float]] = {name: [] for name in runs}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    cuda = torch.cuda.is_available()
+    peaks = {name: 0.0 if cuda else float("nan") for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            marks: list[float] = []
+            start = _sync()
+            run(marks)
+            totals[name].append(_sync() - start)
+            rates[name].append((len(marks) - 1) / (marks[-1] - marks[0]))
+            if cuda:
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
+    return {name: {"it_s": statistics.median(rates[name]), "s_image": statistics.median(totals[name]),
+                   "first_s": first[name], "peak_gib": peaks[name]} for name in runs}
 
 
 def clif_runs(base, args, regions=(), concepts=(), prompt=PROMPT):
+    """This pack's sampler as the CLIF Sampler node runs it when a graph is queued again: a new seed each run,
+    and new ConceptUse objects (the node makes them per run, so the files' fingerprints are taken every run)."""
     from clif_core.progress import Reporter
     from clif_core.sample.config import SampleConfig
-    from clif_core.sample.sampler import sample
+    from clif_core.sample.sampler import ConceptUse, sample
 
     config = SampleConfig(prompt, negative_prompt=NEGATIVE, seed=1, steps=args.steps, cfg=args.cfg, scheduler="euler",
                           width=args.size, height=args.size, regions=regions)
+    queued = [0]
 
     def run(marks):
-        sample(base, config, concepts, reporter=Reporter(
+        queued[0] += 1
+        uses = [ConceptUse(u.file, u.strength, u.path, u.region) for u in concepts]
+        sample(base, dataclasses.replace(config, seed=queued[0]), uses, reporter=Reporter(
             progress=lambda step, total, preview=None: marks.append(_sync()), log=lambda m: None))
 
     return run
@@ -97,18 +130,16 @@ def isolation_main(args) -> None:
     base = build_tiny_model("sd1", 0)
     files = [make_concept_file(base, seed=i, names=(name,)) for i, name in enumerate(("alice", "bob"))]
     regions = layout_regions("left_right", ["<alice>, a woman", "<bob>, a man"])
-    results = {
-        "regional, concepts everywhere": measure(clif_runs(
-            base, args, regions, [ConceptUse(f) for f in files], "two people"), args.repeat),
-        "regional, concepts isolated": measure(clif_runs(
+    results = measure_interleaved({
+        "regional, concepts everywhere": clif_runs(base, args, regions, [ConceptUse(f) for f in files], "two people"),
+        "regional, concepts isolated": clif_runs(
             base, args, regions, [ConceptUse(f, region=i) for i, f in enumerate(files, 1)], "two people"),
-            args.repeat),
-    }
+    }, args.repeat)
     print(f"tiny SD1 model on CPU (1 thread), {args.size}x{args.size}, {args.steps} steps, CFG {args.cfg}, euler, "
           f"batch 1, fp32, median of {args.repeat}")
-    print(f"{'path':32s} {'it/s':>8s} {'s/image':>9s}")
+    print(f"{'path':32s} {'it/s':>8s} {'s/image':>9s} {'first s':>8s}")
     for name, r in results.items():
-        print(f"{name:32s} {r['it_s']:8.2f} {r['s_image']:9.3f}")
+        print(f"{name:32s} {r['it_s']:8.2f} {r['s_image']:9.3f} {r['first_s']:8.3f}")
     everywhere, isolated = results.values()
     print(f"isolated / everywhere: time per image x{isolated['s_image'] / everywhere['s_image']:.2f}, "
           f"it/s x{isolated['it_s'] / everywhere['it_s']:.2f}")
@@ -204,9 +235,9 @@ def comfy_worker(args) -> None:
 
 
 def print_table(results: dict[str, dict]) -> None:
-    print(f"{'path':36s} {'it/s':>8s} {'s/image':>9s} {'peak GiB':>9s}")
+    print(f"{'path':36s} {'it/s':>8s} {'s/image':>9s} {'first s':>8s} {'peak GiB':>9s}")
     for name, r in results.items():
-        print(f"{name:36s} {r['it_s']:8.2f} {r['s_image']:9.3f} {r['peak_gib']:9.2f}")
+        print(f"{name:36s} {r['it_s']:8.2f} {r['s_image']:9.3f} {r['first_s']:8.3f} {r['peak_gib']:9.2f}")
 
 
 def compare(results: dict[str, dict], pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -279,14 +310,14 @@ def main() -> int:
 
         base = build_published_architecture("sd1", seed=0, device="cuda", dtype=torch.float16)
         what = f"SD1.5 architecture (random weights) on {torch.cuda.get_device_name()}"
-    results = {"clif sampler": measure(clif_runs(base, args), args.repeat)}
+    clif = {"clif sampler": clif_runs(base, args)}
     if not cpu:
-        results["clif regional (2 regions)"] = measure(
-            clif_runs(base, args, layout_regions("left_right", ["an astronaut", "a horse"])), args.repeat)
+        clif["clif regional (2 regions)"] = clif_runs(
+            base, args, layout_regions("left_right", ["an astronaut", "a horse"]))
     concept_file = make_concept_file(base, names=("alice",)) if cpu else None
     if concept_file is not None:
-        results["clif sampler + concepts"] = measure(
-            clif_runs(base, args, concepts=[ConceptUse(concept_file)]), args.repeat)
+        clif["clif sampler + concepts"] = clif_runs(base, args, concepts=[ConceptUse(concept_file)])
+    results = measure_interleaved(clif, args.repeat)
     results["diffusers pipeline"] = measure(diffusers_runs(base, args, folder), args.repeat)
     latent_side = args.size // vae_factor(base)
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,6 +338,11 @@ def main() -> int:
     ratios = compare(results, [("clif sampler", "diffusers pipeline"), ("clif sampler", "comfyui ksampler"),
                                ("clif sampler + concepts", "clif sampler"),
                                ("apply concepts + comfyui ksampler", "comfyui ksampler")])
+    for path, plain in (("clif sampler + concepts", "clif sampler"),
+                        ("apply concepts + comfyui ksampler", "comfyui ksampler")):
+        if path in results:  # a new concept file: its first run against a repeated plain run
+            ratios[f"{path}, first run / {plain}: time per image"] = ratio(
+                results[path]["first_s"], results[plain]["s_image"])
     if not cpu:
         clif = results["clif sampler"]
         for other in ("diffusers pipeline", "comfyui ksampler"):

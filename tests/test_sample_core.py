@@ -10,12 +10,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from clif_core.concepts.apply import apply_concepts
+from clif_core.concepts.merged import apply_merged
 from clif_core.errors import Cancelled, ClifError
 from clif_core.models.tiny import TINY_IMAGE_SIZE
 from clif_core.models.vae import vae_factor
 from clif_core.progress import Reporter
 from clif_core.sample.config import SCHEDULERS, SampleConfig
+from clif_core.sample.recipe import concept_file_fingerprint
 from clif_core.sample.sampler import (
     ConceptUse,
     image_size,
@@ -135,11 +136,13 @@ def test_concept_file_changes_the_output_and_is_removed_afterwards(sd1):
 
 
 def test_concept_placeholders_render_like_the_applied_pipeline(sd1):
-    """The sampler resolves "<alice>" to the same tokens diffusers' pipeline sees after apply_concepts."""
+    """The sampler resolves "<alice>" to the same tokens diffusers' pipeline sees after the concepts are applied
+    as the sampler applies them (LoRA merged into the weights; tests/test_sample_merged.py checks that the
+    merged LoRA computes what peft's live adapters compute)."""
     cf = make_concept_file(sd1, seed=6, text_lora=False)
     prompt = "a photo of <alice> with <bob>"
     ours = sample(sd1, SampleConfig(prompt, seed=4, steps=2, cfg=3.0), [(cf, 0.7)])
-    with apply_concepts(sd1, [(cf, 0.7)]):
+    with apply_merged(sd1, [(cf, 0.7)], [concept_file_fingerprint(cf)]):
         theirs = pipeline(sd1, "euler")(prompt, num_inference_steps=2, guidance_scale=3.0, height=TINY_IMAGE_SIZE,
                                          width=TINY_IMAGE_SIZE, output_type="latent",
                                          generator=torch.Generator().manual_seed(4)).images

@@ -11,6 +11,11 @@
 original embedding modules and removes exactly the adapters it added (`AppliedConcepts.adapters`; the peft
 layers go with the last adapter of a module), so the base computes bit-identically to before. Adapters that
 another owner added meanwhile (a LoRA being trained) are that owner's to remove.
+
+The sampler applies files through `merged.apply_merged` instead: the same checks and tokens, with the LoRAs
+merged into the weights from deltas kept across runs (that module says why); it loads live adapters the way
+`apply_concepts` does only for files isolated to a region. `apply_concepts` stays for whoever needs live
+adapters throughout (training, the erasure trainer).
 """
 
 from __future__ import annotations
@@ -133,16 +138,23 @@ def _extended_tokenizer(tokenizer: Any, new_tokens: list[str], where: str) -> An
     return copies[key]
 
 
+def _in_vocabulary(tokenizer: Any, tokens: list[str]) -> list[str]:
+    """Those of `tokens` the tokenizer already has. Looked up one by one (an unknown token maps to the unknown
+    token's id): `get_vocab()` builds the whole vocabulary as a dict, a tenth of a second and more per call."""
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    unknown = tokenizer.unk_token_id
+    return [t for t, i in zip(tokens, ids) if i is not None and (i != unknown or t == tokenizer.unk_token)]
+
+
 def _add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
     for slot in base.text:
         tokenizer, encoder = slot.tokenizer, slot.encoder
-        vocab = tokenizer.get_vocab()
         new_tokens: list[str] = []
         rows: list[torch.Tensor] = []
         for cf in files:
             for c in cf.concepts:
                 names = vector_tokens(c.token, c.vectors)
-                taken = [t for t in names if t in vocab]
+                taken = _in_vocabulary(tokenizer, names)
                 if taken:
                     raise ClifError(
                         f"placeholder {c.token!r} of concept {c.name!r} is already a token of the {slot.name} "
@@ -162,11 +174,9 @@ def _add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedC
                 f"the {slot.name} tokenizer has {first} entries but its encoder has {n} embedding rows; "
                 "the base model's tokenizer and text encoder do not match"
             )
-        table = torch.nn.Embedding(n + len(new_tokens), width, device=old.weight.device, dtype=old.weight.dtype)
-        with torch.no_grad():
-            table.weight[:n] = old.weight
-            table.weight[n:] = torch.cat(rows).to(old.weight)
-        table.weight.requires_grad_(old.weight.requires_grad)
+        with torch.no_grad():  # built from its rows directly: no random initialisation to overwrite
+            weight = torch.cat([old.weight.detach(), torch.cat(rows).to(old.weight)])
+        table = torch.nn.Embedding(n + len(new_tokens), width, _weight=weight, _freeze=not old.weight.requires_grad)
         encoder.set_input_embeddings(table)
         slot.tokenizer = extended
         text_model = getattr(encoder, "text_model", encoder)
@@ -185,19 +195,29 @@ def _add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedC
         applied._undo.append(undo)
 
 
-def _load_loras(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
-    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
-    from peft import LoraConfig
-
-    family = base.family
+def lora_components(base: BaseModel) -> list[tuple[Any, str, str]]:
+    """(module, diffusers component name, kohya prefix) of every part of `base` a concept file's LoRA adapts."""
     components: list[tuple[Any, str, str]] = [(base.unet, "unet", lora_keys.UNET_PREFIX)]
-    components += [(base.slot(k.name).encoder, k.component, k.kohya_prefix) for k in lora_keys.text_keys(family)]
+    components += [(base.slot(k.name).encoder, k.component, k.kohya_prefix) for k in lora_keys.text_keys(base.family)]
+    return components
+
+
+def refuse_busy(components: Sequence[tuple[Any, str, str]]) -> None:
+    """ClifError when a component already carries peft adapters (another application's, or a LoRA in training)."""
     busy = [name for module, name, _ in components if has_peft(module)]
     if busy:
         raise ClifError(
             f"the base model's {', '.join(busy)} already carries LoRA adapters; apply concepts to a base without "
             "adapters (remove() the earlier AppliedConcepts, or pass all concept files in one call)"
         )
+
+
+def _load_loras(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+    from peft import LoraConfig
+
+    components = lora_components(base)
+    refuse_busy(components)
     per_component: dict[str, tuple[list[str], list[float]]] = {name: ([], []) for _, name, _ in components}
     for module, name, _ in components:  # this application's adapters, also those a failed load left half-made
         applied._undo.append(lambda module=module, names=per_component[name][0]: remove_adapters(module, names))
@@ -236,6 +256,26 @@ def apply_concepts(
     fingerprint: a warning to `warn`). Placeholders must be unique across the files. A strength of 0 skips
     a file's LoRA but keeps its tokens.
     """
+    check_files(base, files, warn)
+    applied = AppliedConcepts(base=base, tokens=file_tokens(files), adapters={})
+    try:
+        _add_tokens(base, [cf for cf, _ in files], applied)
+        _load_loras(base, files, applied)
+    except BaseException:
+        applied.remove()
+        raise
+    return applied
+
+
+def file_tokens(files: Sequence[tuple[ConceptFile, float]]) -> dict[str, list[str]]:
+    """Each placeholder of the files → its vector tokens."""
+    return {c.token: vector_tokens(c.token, c.vectors) for cf, _ in files for c in cf.concepts}
+
+
+def check_files(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], warn: Optional[WarnFn] = None) -> None:
+    """What `apply_concepts` checks before it changes anything: each file valid and compatible with `base`
+    (incompatibility: ClifError; another base fingerprint: a warning to `warn`), strengths valid,
+    placeholders unique across the files."""
     seen: dict[str, str] = {}
     for cf, strength in files:
         where = f"concept file {cf.display_title()!r}"
@@ -250,15 +290,3 @@ def apply_concepts(
                     f"{cf.display_title()!r}); apply only one of them"
                 )
             seen[c.token] = cf.display_title()
-    applied = AppliedConcepts(
-        base=base,
-        tokens={c.token: vector_tokens(c.token, c.vectors) for cf, _ in files for c in cf.concepts},
-        adapters={},
-    )
-    try:
-        _add_tokens(base, [cf for cf, _ in files], applied)
-        _load_loras(base, files, applied)
-    except BaseException:
-        applied.remove()
-        raise
-    return applied

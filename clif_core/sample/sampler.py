@@ -5,6 +5,11 @@ decoding: with no concept files and no regions it reproduces `StableDiffusionPip
 `StableDiffusionXLPipeline` on the same components, seeds and scheduler), written out so that it can
 report progress and previews, stop on request between steps, draw each image of a batch from its own
 seed, route cross-attention through regional prompts, and replay the UNet as a CUDA graph on GPUs.
+
+Concept files are applied per run by `clif_core.concepts.merged.apply_merged`: their LoRAs merged into new
+weight tensors from deltas kept across runs (a re-queued run with the same files pays no peft load, and the
+loop runs at a plain run's speed), tokens added, and all of it taken off again when the run ends; files
+isolated to a region keep live peft adapters. That module's docstring has the profile and the reasons.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Un
 
 import torch
 
-from clif_core.concepts.apply import apply_concepts, expand_prompt, vector_tokens
+from clif_core.concepts.apply import expand_prompt, vector_tokens
 from clif_core.concepts.file_format import ConceptFile
+from clif_core.concepts.merged import apply_merged
 from clif_core.errors import ClifError
 from clif_core.models.denoise import denoise
 from clif_core.models.prompts import TextConditioning, encode_negative, encode_prompt, sdxl_time_ids
@@ -176,7 +182,8 @@ def sample(
 
     bound = _bound_regions(config, uses)
 
-    applied = apply_concepts(base, [(u.file, u.strength) for u in uses], warn=reporter.log) if uses else None
+    applied = apply_merged(base, [(u.file, u.strength) for u in uses], [u.fingerprint for u in uses], live=bound,
+                           warn=reporter.log) if uses else None
     try:
         isolation: Any = contextlib.nullcontext()
         if bound:
