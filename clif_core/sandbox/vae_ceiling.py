@@ -36,20 +36,19 @@ def reconstruct(vae: Any, images: torch.Tensor, chunk: int = 200) -> torch.Tenso
     return torch.cat(out)
 
 
+def _fully_correct(oracle: Oracle, data: RenderedSet) -> float:
+    """Share of `data` the oracle reads right on every captioned attribute (the uncaptioned detail ignored)."""
+    readings = oracle.read(data.images.permute(0, 2, 3, 1).numpy())
+    return round(sum(scene_correct(s, r) for s, r in zip(data.scenes, readings)) / len(readings), 4)
+
+
 def _scores(oracle: Oracle, data: RenderedSet) -> dict:
     result = evaluate(oracle, data=data)
-    readings = oracle.read(data.images.permute(0, 2, 3, 1).numpy())
-    without_detail = sum(scene_correct(s, r) for s, r in zip(data.scenes, readings)) / len(readings)
     return {
-        "scene": round(without_detail, 4),
+        "scene": _fully_correct(oracle, data),
         "scene_with_detail": result["scene_exact"],
         "heads": {k: v["accuracy"] for k, v in result["heads"].items()},
     }
-
-
-def _fully_correct(oracle: Oracle, data: RenderedSet) -> float:
-    readings = oracle.read(data.images.permute(0, 2, 3, 1).numpy())
-    return round(sum(scene_correct(s, r) for s, r in zip(data.scenes, readings)) / len(readings), 4)
 
 
 def per_prompt_set(vae: Any, oracle: Oracle, n: int, workers: int = 1, seed_base: int = CEILING_SEED_BASE) -> dict:
