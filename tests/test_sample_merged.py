@@ -214,13 +214,13 @@ def test_an_isolated_file_stays_a_live_adapter_next_to_a_merged_patch(sd1, monke
     patch = dataclasses.replace(make_concept_file(sd1, seed=6, names=(), text_lora=False), kind="erasure",
                                 title="erase dogs", metadata={"erased": [{"target": "dog", "alternative": None}]})
     seen = []
-    real = merged_module._load_loras
+    real = merged_module.load_loras
 
     def spy(base, files, applied):
         real(base, files, applied)
         seen.append(sorted(applied.adapters))
 
-    monkeypatch.setattr(merged_module, "_load_loras", spy)
+    monkeypatch.setattr(merged_module, "load_loras", spy)
     config = SampleConfig("two people", regions=layout_regions("left_right", ["<alice>, a woman", "a man"]),
                           **CONFIG)
     with_patch = sample(sd1, config, [ConceptUse(alice, 1.0, region=1), ConceptUse(patch, 1.0)])

@@ -146,7 +146,8 @@ def _in_vocabulary(tokenizer: Any, tokens: list[str]) -> list[str]:
     return [t for t, i in zip(tokens, ids) if i is not None and (i != unknown or t == tokenizer.unk_token)]
 
 
-def _add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
+def add_tokens(base: BaseModel, files: Sequence[ConceptFile], applied: AppliedConcepts) -> None:
+    """Add each file's concept tokens and their embeddings to every text encoder; recorded in `applied`."""
     for slot in base.text:
         tokenizer, encoder = slot.tokenizer, slot.encoder
         new_tokens: list[str] = []
@@ -212,7 +213,8 @@ def refuse_busy(components: Sequence[tuple[Any, str, str]]) -> None:
         )
 
 
-def _load_loras(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
+def load_loras(base: BaseModel, files: Sequence[tuple[ConceptFile, float]], applied: AppliedConcepts) -> None:
+    """Load each file's LoRA as a live peft adapter at its strength; the adapters' names go to `applied`."""
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
     from peft import LoraConfig
 
@@ -259,8 +261,8 @@ def apply_concepts(
     check_files(base, files, warn)
     applied = AppliedConcepts(base=base, tokens=file_tokens(files), adapters={})
     try:
-        _add_tokens(base, [cf for cf, _ in files], applied)
-        _load_loras(base, files, applied)
+        add_tokens(base, [cf for cf, _ in files], applied)
+        load_loras(base, files, applied)
     except BaseException:
         applied.remove()
         raise

@@ -52,10 +52,10 @@ import torch
 
 from .apply import (
     AppliedConcepts,
-    _add_tokens,
-    _load_loras,
+    add_tokens,
     check_files,
     file_tokens,
+    load_loras,
     lora_components,
     refuse_busy,
 )
@@ -95,7 +95,7 @@ def lora_deltas(base: BaseModel, files: Sequence[ConceptFile]) -> list[Deltas]:
     loading = AppliedConcepts(base=base, tokens={}, adapters={})
     deltas: list[Deltas] = [{} for _ in files]
     try:
-        _load_loras(base, [(cf, 1.0) for cf in files], loading)
+        load_loras(base, [(cf, 1.0) for cf in files], loading)
         index = {adapter: i for i, adapter in loading.file_adapters.items()}
         with torch.no_grad():
             for module, component, _ in lora_components(base):
@@ -181,8 +181,8 @@ def apply_merged(
         if merge:
             deltas = _file_deltas(base, [files[i][0] for i in merge], [fingerprints[i] for i in merge])
             _merge_weights(base, [(d, float(files[i][1])) for d, i in zip(deltas, merge)], applied)
-        _add_tokens(base, [cf for cf, _ in files], applied)
-        _load_loras(base, [(cf, strength if i in live else 0.0) for i, (cf, strength) in enumerate(files)], applied)
+        add_tokens(base, [cf for cf, _ in files], applied)
+        load_loras(base, [(cf, strength if i in live else 0.0) for i, (cf, strength) in enumerate(files)], applied)
     except BaseException:
         applied.remove()
         raise

@@ -17,14 +17,13 @@ from clif_core.fileio import atomic_path, write_text_atomic
 from clif_core.sheets import load_font
 from clif_core.training.curve import ticks
 
-SERIES = ("one_object", "two_objects", "figures")
-# (key in a point, legend, colour, the issue's target for it)
-LINES = (
+# (key in a point, legend, colour, the issue's target for it); the prompt sets' keys are oracle-eval's set names
+PROMPT_SET_LINES = (
     ("one_object", "one object", (31, 119, 180), 0.90),
     ("two_objects", "two objects", (255, 127, 14), 0.75),
     ("figures", "figures", (44, 160, 44), 0.60),
-    ("characters_mean", "characters (mean recognised)", (148, 103, 189), 0.50),
 )
+LINES = PROMPT_SET_LINES + (("characters_mean", "characters (mean recognised)", (148, 103, 189), 0.50),)
 
 
 def _step_of(model: Path) -> tuple[int, int]:
@@ -45,7 +44,8 @@ def add_point(curve_file: Union[str, Path], model: Union[str, Path], report: dic
     points: list[dict] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     step, batch = _step_of(Path(model))
     sets = report["prompt_following"]["sets"]
-    point = {"step": step, "images_seen": step * batch, **{k: sets[k]["fully_correct"] for k in SERIES if k in sets}}
+    point = {"step": step, "images_seen": step * batch}
+    point.update({k: sets[k]["fully_correct"] for k, *_ in PROMPT_SET_LINES if k in sets})
     if "characters" in report:
         point["characters_min"] = report["characters"]["min_recognised"]
         point["characters_mean"] = report["characters"]["mean_recognised"]
