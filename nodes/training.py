@@ -23,7 +23,8 @@ CLIP_VISION = "clip_vision"
 _STEPS = {"steps": "loop.steps", "batch_size": "loop.batch_size"}
 _LOOP = {"mixed_precision": "loop.mixed_precision", "seed": "loop.seed", "preview_every": "loop.preview_every",
          "checkpoint_every": "loop.checkpoint_every"}
-_STAGE1 = {"text_lora_rank": "text_lora_rank", "learnable_temperature": "learnable_temperature"}
+_STAGE1 = {"text_lora_rank": "text_lora_rank", "learnable_temperature": "learnable_temperature",
+           "preview_steps": "preview_steps"}
 _DECODER = {"token_learning_rate": "token_lr", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
             "lora_targets": "lora_targets", "masked_loss": "masked_loss", "min_snr_gamma": "min_snr_gamma",
             "noise_offset": "noise_offset", "prior_weight": "prior_weight", "prior_images": "prior_images",
@@ -32,9 +33,9 @@ _TWO_STAGES = {1: {"stage1_steps": "loop.steps", "stage1_batch_size": "loop.batc
                    "stage1_learning_rate": "lr", "vectors_per_concept": "vectors"},
                2: {"stage2_steps": "loop.steps", "stage2_batch_size": "loop.batch_size",
                    "stage2_learning_rate": "lr", "vectors_per_concept": "vectors"}}
-_SHARED_LOOP = {"mixed_precision": "loop.mixed_precision", "seed": "loop.seed",
-                "checkpoint_every": "loop.checkpoint_every"}
-"""Train Concepts' loop widgets that also set stage 1 (its previews stay off: they show stage 2's progress)."""
+_SHARED_LOOP = {"mixed_precision": "loop.mixed_precision", "seed": "loop.seed", "preview_every": "loop.preview_every",
+                "checkpoint_every": "loop.checkpoint_every", "preview_steps": "preview_steps"}
+"""Train Concepts' widgets that also set stage 1: the leakage previews follow both stages with the same cadence."""
 
 
 def _vision_choices() -> list[str]:

@@ -68,8 +68,9 @@ def test_train_concepts_graph_writes_a_concept_file(comfy_server, installed, tin
     cf = load_concept_file(run / "stage2" / "concepts.safetensors", base=load_base_model(tiny_sd1.single_file))
     assert [c.token for c in cf.concepts] == ["<alice>", "<bob>"] and cf.unet_lora
     assert cf.metadata["stage1"]["paired_encoder"] == "clip_l"
-    # stage 2's leakage preview (each concept alone, both together), drawn in the server with the trained model
-    assert sorted(p.name for p in (run / "stage2" / "previews").iterdir()) == ["step-000002.png"]
+    # both stages' leakage previews (each concept alone, both together), drawn in the server with the trained model
+    for stage in ("stage1", "stage2"):
+        assert sorted(p.name for p in (run / stage / "previews").iterdir()) == ["step-000002.png"], stage
     with Image.open(run / "stage2" / "previews" / "step-000002.png") as im:
         assert im.width == 48 + 3 * 66 + 2  # three 64 px cells and the row label
     assert cf.thumbnail is not None

@@ -228,3 +228,21 @@ def test_an_isolated_file_stays_a_live_adapter_next_to_a_merged_patch(sd1, monke
     without = sample(sd1, config, [ConceptUse(alice, 1.0, region=1)])
     assert np.abs(pixels(with_patch) - pixels(without)).mean() > 1.0
     assert_as_before(sd1, before)
+
+
+def test_the_kept_deltas_go_with_their_base_model():
+    """ComfyUI's "free model and node cache" drops the loader's output, the base model: its deltas must not
+    outlive it (they are one more copy of the weights the files touch)."""
+    import gc
+    import weakref
+
+    base = build_tiny_model("sd1", 0)
+    cf = make_concept_file(base, seed=4)
+    sample(base, SampleConfig("a photo of <alice>", seed=3, steps=1, cfg=4.0), [ConceptUse(cf, 1.0)])
+    deltas = merged_module._DELTAS[base.unet][concept_file_fingerprint(cf)]
+    kept = weakref.ref(next(iter(deltas.values())))  # one ΔW tensor
+    before = len(merged_module._DELTAS)
+    del base, deltas
+    gc.collect()
+    assert len(merged_module._DELTAS) == before - 1
+    assert kept() is None

@@ -14,7 +14,8 @@ What this module does instead, for the files that act everywhere (not isolated t
 - the LoRA's ΔW of every adapted layer comes from peft itself (`LoraLayer.get_delta_weight`, after loading
   the file exactly as `apply_concepts` does, at strength 1) and is kept, per base model, by the file's
   content fingerprint (`_DELTAS`). Only the files of the last run are kept: one extra copy of the weights
-  a file's LoRA touches, on the weights' device (`clear_cache` drops them);
+  a file's LoRA touches, on the weights' device (`clear_cache` drops them, and they go with the base model:
+  ComfyUI's "free model and node cache" drops the loader's output and with it the deltas);
 - per run, each adapted layer gets a new weight Parameter `W + Σ strength·ΔW` (summed in float32), and its
   original Parameter is put back afterwards. The original tensor is never written to, so the base computes
   bit-identically after the run, whoever holds its parameters, and a run without concepts is a run on the
