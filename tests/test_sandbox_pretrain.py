@@ -87,11 +87,24 @@ def test_time_limit_checkpoints_and_float16_checkpoints_resume(tmp_path):
     assert state.done
 
 
-def test_other_settings_refuse_to_resume(tmp_path):
+def test_other_settings_refuse_to_resume_but_unfinished_stages_may_change_length(tmp_path):
     work = tmp_path / "work"
     pretrain(CFG, work, device="cpu", render_workers=1, max_minutes=1e-9)
-    with pytest.raises(ClifError, match="other settings"):
-        pretrain(replace(CFG, seed=1), work, device="cpu", render_workers=1)
+    assert (load_state(work).stage, load_state(work).step) == ("vae", 1)
+    for other in (replace(CFG, seed=1), replace(CFG, vae=replace(CFG.vae, lr=2e-3)),
+                  replace(CFG, vae=replace(CFG.vae, steps=1))):  # not more steps than the stage has done
+        with pytest.raises(ClifError, match="other settings"):
+            pretrain(other, work, device="cpu", render_workers=1)
+    assert load_state(work).config == json.loads(json.dumps(CFG.to_json()))  # a refusal changes nothing
+
+    longer = replace(CFG, vae=replace(CFG.vae, steps=5), unet=replace(CFG.unet, steps=2))
+    state = pretrain(longer, work, device="cpu", render_workers=1)
+    assert state.done and state.schedule_changes == [
+        {"stage": "vae", "at_step": 1, "steps_before": 3, "steps_after": 5},
+        {"stage": "unet", "at_step": 0, "steps_before": 4, "steps_after": 2}]
+    record = json.loads((export_model(work, tmp_path / "model").diffusers_dir / "sandbox_model.json").read_text())
+    assert record["schedule_changes"] == state.schedule_changes
+    assert record["stages"]["vae"]["steps"] == 5 and record["config"]["unet"]["steps"] == 2
 
 
 def test_text_checkpoint_keeps_only_trained_rows(tmp_path):
@@ -132,3 +145,20 @@ def test_unet_snapshot_is_a_learning_curve_point(tmp_path):
     from PIL import Image
 
     assert Image.open(curve.with_suffix(".png")).size[0] > 100
+
+
+def test_a_rescheduled_stage_keeps_its_learning_rate_continuous_and_ends_at_zero():
+    from clif_core.sandbox.pretrain import StageConfig, _lr_lambda
+
+    stage = StageConfig(steps=12_000, batch_size=64, lr=5e-4, warmup=200)
+    first = _lr_lambda(replace(stage, steps=20_000))
+    change = {"stage": "unet", "at_step": 4_900, "steps_before": 20_000, "steps_after": 12_000}
+    after = _lr_lambda(stage, [change])
+    assert [after(t) for t in range(0, 4_901, 7)] == [first(t) for t in range(0, 4_901, 7)]  # the past as it was
+    values = [after(t) for t in range(4_900, 12_001)]
+    assert max(abs(b - a) for a, b in zip(values, values[1:])) < 1e-3  # no jump at the change
+    assert all(b <= a for a, b in zip(values, values[1:])) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    twice = _lr_lambda(replace(stage, steps=15_000), [change, {**change, "at_step": 8_000, "steps_before": 12_000,
+                                                                "steps_after": 15_000}])
+    assert twice(8_000) == pytest.approx(after(8_000)) and twice(15_000) == pytest.approx(0.0, abs=1e-12)
+    assert twice(11_000) > after(11_000)  # the second change stretched what was left
