@@ -228,14 +228,15 @@ def _train(run: _Run) -> Any:
     from .train.both_stages import train_concepts
     from .train.contrastive import ContrastiveConfig
     from .train.decoder import DecoderConfig
+    from .train.leakage import SCORES_FILE
     from .training.loop import LoopConfig
 
     config, k = run.config, run.k
 
     def train() -> tuple[Any, str]:
         stage1 = ContrastiveConfig(lr=5e-3, loop=LoopConfig(steps=40 * k, batch_size=16, seed=config.seed))
-        stage2 = DecoderConfig(lr=1e-3, token_lr=1e-3, preview_steps=0,
-                               loop=LoopConfig(steps=60 * k, batch_size=8, seed=config.seed))
+        stage2 = DecoderConfig(lr=1e-3, token_lr=1e-3, preview_steps=12, loop=LoopConfig(
+            steps=60 * k, batch_size=8, seed=config.seed, preview_every=20 * k))  # the leakage previews
         result = train_concepts(run.base, run.out / "dataset", run.vision, run.out / "run", stage1, stage2,
                                 reporter=run.reporter)
         return result, f"concept file {result.path.name}"
@@ -246,7 +247,27 @@ def _train(run: _Run) -> Any:
         curve = run.out / "run" / stage / "loss.png"
         if curve.is_file():
             run.report.images.append((f"{stage} loss curve", str(curve.relative_to(run.out))))
+    previews = sorted((run.out / "run" / "stage2" / "previews").glob("step-*.png"))
+    if previews:
+        run.report.images.append(("stage 2's last leakage preview (each concept alone, both together, one seed)",
+                                  str(previews[-1].relative_to(run.out))))
+    scores = run.out / "run" / "stage2" / "previews" / SCORES_FILE
+    if scores.is_file():
+        run.report.metrics["leakage_previews"] = _preview_readings(scores)
     return trained
+
+
+def _preview_readings(path: Path) -> dict[str, dict[str, str]]:
+    """The oracle's reading of each leakage-preview column per training step (what it recognised), from
+    previews/oracle.csv: the run's leakage curve in the report."""
+    import csv
+
+    readings: dict[str, dict[str, str]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            verdict = "right" if row["correct"] == "1" else "wrong"
+            readings.setdefault(f"step {row['step']}", {})[row["column"]] = f"{row['recognised'] or 'none'} ({verdict})"
+    return readings
 
 
 def _sample(run: _Run, trained: Any, prompts: list[str]) -> dict[str, list]:

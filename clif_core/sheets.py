@@ -43,6 +43,19 @@ def labelled_grid(rows: Sequence[tuple[str, Sequence[Any]]], columns: Sequence[s
     return sheet
 
 
+def with_footer(sheet: Image.Image, lines: Sequence[str], size: int = 11, pad: int = 4) -> Image.Image:
+    """`sheet` with `lines` of text below it, each wrapped to the sheet's width."""
+    font = load_font(size)
+    measure = ImageDraw.Draw(sheet)
+    wrapped = [w for line in lines for w in _wrap(line, sheet.width - 2 * pad, measure, font)]
+    out = Image.new("RGB", (sheet.width, sheet.height + len(wrapped) * (size + 2) + pad), "white")
+    out.paste(sheet.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(wrapped):
+        draw.text((pad, sheet.height + k * (size + 2)), line, fill="black", font=font)
+    return out
+
+
 def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> list[str]:
     lines, line = [], ""
     for word in text.split():

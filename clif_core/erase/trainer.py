@@ -93,7 +93,7 @@ class EraseTask:
             loss = loss + objectives.preservation_loss(out[-1], batch["eps_keep"], c.preserve_weight)
         return loss
 
-    def preview(self) -> Any:
+    def preview(self, step: int) -> Any:
         return preview_erased(self.base, self.table, self.config, self.resolution)
 
 

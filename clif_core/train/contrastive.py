@@ -40,7 +40,7 @@ from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .leakage import LeakagePreview, leakage_prompts
+from .leakage import LeakagePreview, leakage_prompts, preview_scoring
 from .tokens import ConceptTokens, initial_concepts
 from .vision import VisionTower, load_vision_tower, pair_encoder
 
@@ -178,9 +178,9 @@ class ContrastiveTask:
         image, captions = batch
         return info_nce(image, self.text(captions), captions, self.text.scale())
 
-    def preview(self) -> Optional[Any]:
+    def preview(self, step: int) -> Optional[Any]:
         """The leakage grid with the tokens as trained so far and the base UNet, or None (the loss curve)."""
-        return self.leakage.grid() if self.config.preview_steps else None
+        return self.leakage.grid(step) if self.config.preview_steps else None
 
 
 @torch.no_grad()
@@ -277,9 +277,11 @@ def train_contrastive(
             captions = [tokens.expand(r.caption) for r in ds.records]
             logit_scale = tower.logit_scale if tower.logit_scale is not None else CLIP_LOGIT_SCALE
             text = TextSide(slot, tower, logit_scale, config.learnable_temperature, config.loop.seed)
+            placeholders = [c.token for c in init.concepts]
             leakage = LeakagePreview(
-                base, leakage_prompts(ds.records, [c.token for c in init.concepts]), tokens.applied.tokens,
-                [base.unet, *(s.encoder for s in base.text)], config.preview_steps, config.loop.seed)
+                base, leakage_prompts(ds.records, placeholders), tokens.applied.tokens,
+                [base.unet, *(s.encoder for s in base.text)], config.preview_steps, config.loop.seed,
+                *preview_scoring(base, placeholders, run, config.preview_steps))
             task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora, leakage)
             before = _evaluate(task, held, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")

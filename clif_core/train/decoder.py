@@ -40,7 +40,7 @@ from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts
+from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts, preview_scoring
 from .prior import CLASS_PROMPT, class_images
 from .tokens import ConceptTokens, initial_concepts
 
@@ -123,13 +123,14 @@ class DecoderTask:
     """The loop's view of stage 2."""
 
     def __init__(self, base: BaseModel, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
-                 train: Latents, prior: Optional[Latents], previews: Sequence[PreviewPrompt]):
+                 train: Latents, prior: Optional[Latents], previews: Sequence[PreviewPrompt],
+                 scoring: tuple = (None, None)):
         from diffusers import DDPMScheduler
 
         self.base, self.tokens, self.lora, self.config = base, tokens, lora, config
         self.train, self.prior = train, prior
         self.leakage = LeakagePreview(base, previews, tokens.applied.tokens, self.modules(), config.preview_steps,
-                                      config.loop.seed)
+                                      config.loop.seed, *scoring)
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.prediction_type = base.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
@@ -199,9 +200,9 @@ class DecoderTask:
             torch.manual_seed(seed)
             return float(self.loss(self.load_batch(range(min(count, self.num_samples())))))
 
-    def preview(self) -> Optional[Any]:
+    def preview(self, step: int) -> Optional[Any]:
         """The leakage grid (see leakage.py), or None (the loop then shows the loss curve)."""
-        return self.leakage.grid() if self.config.preview_steps else None
+        return self.leakage.grid(step) if self.config.preview_steps else None
 
 
 def _check_init(init: ConceptFile, dataset_tokens: Sequence[str], where: str) -> None:
@@ -310,7 +311,8 @@ def _train(base: BaseModel, ds: Any, start: ConceptFile, tokens_of: Sequence[str
         prior = _prior_latents(base, prior_images, encoded) if prior_images else None
         with _unet_lora(base.unet, config) as lora:
             previews = leakage_prompts(ds.records, tokens_of, config.preview_prompt)
-            task = DecoderTask(base, tokens, lora, config, train_latents, prior, previews)
+            task = DecoderTask(base, tokens, lora, config, train_latents, prior, previews,
+                               preview_scoring(base, tokens_of, run, config.preview_steps))
             before = task.fixed_loss(config.loop.seed, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
             after = task.fixed_loss(config.loop.seed, accelerator.autocast)

@@ -6,6 +6,10 @@ concept prompted alone and one with every concept together, all from the same se
 the only difference between the columns. Every preview uses the same seed, so previews of successive steps
 show how the leakage evolves.
 
+On the built-in sandbox model, with concepts named after its shipped characters, the sandbox oracle reads
+every column (`clif_core/sandbox/preview_scores.py`): the grid says what it recognised under the pictures and
+RUN/previews/oracle.csv keeps one row per column and preview step, the curve of the run's leakage.
+
 They are drawn by the pack's sampler (`clif_core.sample.sampler.sample`) on the model being trained, with its
 UNet LoRA and concept tokens as they are at that step: no second copy of the model. The trained modules are
 put in eval mode and sampled without gradients and without the training's autocast (the sampler works in
@@ -16,15 +20,19 @@ micro-step, so previews never change what is trained.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
+from clif_core.fileio import write_text_atomic
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.sampler import sample
-from clif_core.sheets import labelled_grid
+from clif_core.sheets import labelled_grid, with_footer
 
 from .prior import CLASS_PROMPT
 
@@ -75,6 +83,8 @@ class LeakagePreview:
     modules: Sequence[torch.nn.Module]
     steps: int
     seed: int
+    scorer: Optional[Callable[[Sequence[tuple[str, str]], list], list]] = None  # see sandbox/preview_scores.py
+    scores_file: Optional[Path] = None  # where the scorer's readings go, one CSV row per column and step
 
     def render(self, prompts: Optional[Sequence[PreviewPrompt]] = None) -> list:
         """One PIL image per prompt (default: all of them), every one from `seed`."""
@@ -91,9 +101,48 @@ class LeakagePreview:
             for m, mode in zip(self.modules, modes):
                 m.train(mode)
 
-    def grid(self) -> Any:
-        """Every prompt side by side, titled, in one labelled row ("seed N")."""
+    def grid(self, step: int) -> Any:
+        """Every prompt side by side, titled, in one labelled row ("seed N"); with a scorer, what it read in each
+        column under the row (and in `scores_file`)."""
         images = self.render()
         cell = max(64, images[0].width)
-        return labelled_grid([(f"seed {self.seed}", images)], [p.title for p in self.prompts], cell=cell,
-                             label_width=cell * 3 // 4)
+        sheet = labelled_grid([(f"seed {self.seed}", images)], [p.title for p in self.prompts], cell=cell,
+                              label_width=cell * 3 // 4)
+        if self.scorer is None:
+            return sheet
+        scores = self.scorer([(p.title, p.prompt) for p in self.prompts], images)
+        if self.scores_file is not None:
+            _record_scores(self.scores_file, step, scores)
+        return with_footer(sheet, ["oracle: " + s.describe() for s in scores])
+
+
+def preview_scoring(base: BaseModel, placeholders: Sequence[str], run: Any, preview_steps: int) -> tuple:
+    """(scorer, scores file) for a run's LeakagePreview: the sandbox oracle's, when it applies to this base and
+    these concepts and previews are drawn (`sandbox/preview_scores.py`), else (None, None)."""
+    if not preview_steps:
+        return None, None
+    from clif_core.sandbox.preview_scores import oracle_scorer
+
+    scorer = oracle_scorer(base, placeholders)
+    return (scorer, run.previews_dir / SCORES_FILE) if scorer is not None else (None, None)
+
+
+SCORES_FILE = "oracle.csv"
+SCORE_COLUMNS = ("step", "column", "expected", "recognised", "correct")
+
+
+def _record_scores(path: Path, step: int, scores: Sequence[Any]) -> None:
+    """Rewrite the CSV with this step's rows in place of any earlier rows of the same step (a resumed run
+    previews some steps again), rows in step order."""
+    rows = []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) != step]
+    rows += [{"step": str(step), "column": s.column, "expected": " ".join(s.expected),
+              "recognised": " ".join(s.recognised), "correct": str(int(s.correct))} for s in scores]
+    rows.sort(key=lambda r: int(r["step"]))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, SCORE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, out.getvalue())

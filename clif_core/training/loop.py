@@ -118,8 +118,8 @@ class TrainTask(Protocol):
         """A scalar loss (called under the accelerator's autocast)."""
         ...
 
-    def preview(self) -> Optional[Any]:
-        """A PIL image showing the current state, or None for the loss curve."""
+    def preview(self, step: int) -> Optional[Any]:
+        """A PIL image showing the state after `step` steps, or None for the loss curve."""
         ...
 
 
@@ -429,7 +429,7 @@ class _Session:
         preview = None
         if self.main and config.preview_every and step % config.preview_every == 0:
             with torch.no_grad(), self.accelerator.autocast():
-                preview = self.task.preview() or draw_loss_curve([(self.label, self.history)])
+                preview = self.task.preview(step) or draw_loss_curve([(self.label, self.history)])
             with atomic_path(self.run.previews_dir / f"step-{step:06d}.png") as tmp:
                 preview.save(tmp, format="PNG")
         self.reporter.progress(step, config.steps, preview)

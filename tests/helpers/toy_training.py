@@ -53,7 +53,7 @@ class ToyTask:
             loss = loss * float("nan")
         return loss
 
-    def preview(self):
+    def preview(self, step):
         return None
 
 
