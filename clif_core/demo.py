@@ -329,7 +329,10 @@ def _erase(run: _Run) -> None:
 
 
 def _oracle_scores(characters: Any, names: tuple[str, str], prompts: list[str], samples: dict) -> dict:
-    """Identity per slot as the sandbox oracle reads the samples (absent weights: said, not invented)."""
+    """What the sandbox oracle reads in the samples (absent weights: said, not invented). Per prompt: how many
+    samples are right (every asked character recognised, every part and the detail, in its place) and what it
+    recognised in each ("ada / none": ada on the left, nothing it knows on the right); and a verdict, alone
+    and together."""
     from .sandbox.oracle import DEFAULT_WEIGHTS, Oracle
 
     if not DEFAULT_WEIGHTS.is_file():
@@ -340,11 +343,14 @@ def _oracle_scores(characters: Any, names: tuple[str, str], prompts: list[str], 
                 prompts[2]: {"center": a}, prompts[3]: {"center": b}}
     scores = {}
     for prompt, want in expected.items():
-        readings = oracle.read(samples[prompt])
-        hits = [all(r.slots.get(slot) is not None and characters.match(r.slots[slot]) == name
-                    for slot, name in want.items()) for r in readings]
-        scores[prompt] = f"{sum(hits)}/{len(hits)} fully correct"
-    return scores
+        seen = [{slot: characters.match(r.slots.get(slot)) for slot in want} for r in oracle.read(samples[prompt])]
+        scores[prompt] = {"right": sum(all(s[slot] == name for slot, name in want.items()) for s in seen),
+                          "of": len(seen), "read": [" / ".join(s[slot] or "none" for slot in want) for s in seen]}
+    together = [scores[p] for p in prompts[:2]]
+    verdict = (f"alone: {a} right in {scores[prompts[2]]['right']} of {scores[prompts[2]]['of']} samples, {b} in "
+               f"{scores[prompts[3]]['right']} of {scores[prompts[3]]['of']}; together: both right and in their "
+               f"places in {sum(t['right'] for t in together)} of {sum(t['of'] for t in together)}")
+    return {"prompts": scores, "verdict": verdict}
 
 
 def _write_report(out: Path, report: Report) -> Path:
@@ -362,11 +368,19 @@ def _write_report(out: Path, report: Report) -> Path:
               f"<th>{number(timing['peak_rss_mib'], 'MiB')}</th><th></th></tr>")
     figures = "".join(f'<figure><img src="{html.escape(p)}"><figcaption>{c}</figcaption></figure>'
                       for c, p in report.images)
+    oracle = report.metrics.get("oracle", {})
+    verdict = ""
+    if "verdict" in oracle:
+        lines = "".join(f"<tr><td>{html.escape(p)}</td><td>{s['right']} of {s['of']}</td>"
+                        f"<td>{html.escape(', '.join(s['read']))}</td></tr>" for p, s in oracle["prompts"].items())
+        verdict = (f"<h2>Did the characters come out right?</h2><p>The sandbox oracle: {html.escape(oracle['verdict'])}"
+                   f".</p><table><tr><th>prompt</th><th>right</th><th>what it recognised, per sample</th></tr>"
+                   f"{lines}</table>")
     metrics = html.escape(json.dumps(report.metrics, indent=1, sort_keys=True, default=str))
     page = f"""<!doctype html><meta charset="utf-8"><title>CLIF main job</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{image-rendering:pixelated;
 max-width:100%;width:640px}}td{{padding:2px 10px}}figure{{margin:1.5em 0}}</style>
-<h1>CLIF main job</h1><p><b>Model:</b> {html.escape(report.model_note)}</p>
+<h1>CLIF main job</h1><p><b>Model:</b> {html.escape(report.model_note)}</p>{verdict}
 <h2>Steps: wall time, CPU time, memory</h2><table>{rows}</table>
 <h2>Pictures</h2>{figures}<h2>Metrics</h2><pre>{metrics}</pre>"""
     write_text_atomic(out / "metrics.json", json.dumps({**report.metrics, "timing": timing}, indent=1, sort_keys=True,
