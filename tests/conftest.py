@@ -130,6 +130,23 @@ def tiny_sdxl(tmp_path_factory):
     return _tiny("sdxl", tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def loaded_sd1(tiny_sd1):
+    """The tiny SD1.x model loaded from its diffusers folder, as a user's model is (one per test module)."""
+    from clif_core.models.loader import load_base_model
+
+    return load_base_model(tiny_sd1.diffusers_dir)
+
+
+@pytest.fixture(scope="module")
+def mix_dataset(tmp_path_factory):
+    """alice and bob at 32 px (tests/helpers/datasets.py): two Mix samples and one single picture of each."""
+    from tests.helpers.datasets import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("ds") / "alice_bob", resolution=32, n_global=0, n_region=0,
+                        n_mix=2, n_single=2)
+
+
 COMFY_TINY_SD1 = "checkpoints/tiny_sd1.safetensors"
 
 

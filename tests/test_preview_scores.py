@@ -12,7 +12,6 @@ from PIL import Image
 
 import clif_core.models.bundled as bundled
 import clif_core.sandbox.characters as characters_module
-from clif_core.models.loader import load_base_model
 from clif_core.progress import Reporter
 from clif_core.sandbox.characters import load_characters, parse_characters, render_character_images
 from clif_core.sandbox.oracle import DEFAULT_WEIGHTS, Oracle
@@ -20,7 +19,6 @@ from clif_core.sandbox.preview_scores import OracleScorer, oracle_scorer
 from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import train_decoder
 from clif_core.training.loop import LoopConfig
-from tests.helpers.datasets import make_dataset
 from tests.helpers.train_configs import stage2_config
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
@@ -47,22 +45,11 @@ SPEC = {"format": "clif-sandbox-characters", "version": 1, "pairs": [["alice", "
     "bob": {"head": {"shape": "round", "colour": "yellow"}, "body": {"shape": "boxy", "colour": "green"}}}}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("ds") / "alice_bob", resolution=32, n_global=0, n_region=0,
-                        n_mix=2, n_single=2)
-
-
-@pytest.fixture(scope="module")
-def sd1(tiny_sd1):
-    return load_base_model(tiny_sd1.diffusers_dir)
-
-
 @pytest.fixture
-def as_the_sandbox_model(sd1, tmp_path, monkeypatch):
+def as_the_sandbox_model(loaded_sd1, tmp_path, monkeypatch):
     """The tiny model stands in for the built-in sandbox model, and alice and bob are shipped characters."""
     record = tmp_path / "sandbox_model.json"
-    record.write_text(json.dumps({"fingerprint": sd1.fingerprint}), encoding="utf-8")
+    record.write_text(json.dumps({"fingerprint": loaded_sd1.fingerprint}), encoding="utf-8")
     monkeypatch.setattr(bundled, "SANDBOX_RECORD", record)
     monkeypatch.setattr(characters_module, "load_characters", lambda path=None: parse_characters(SPEC))
 
@@ -72,10 +59,10 @@ def rows(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_stage2_previews_are_scored_step_by_step_on_the_sandbox_model(sd1, dataset, tmp_path, monkeypatch,
+def test_stage2_previews_are_scored_step_by_step_on_the_sandbox_model(loaded_sd1, mix_dataset, tmp_path, monkeypatch,
                                                                       as_the_sandbox_model):
     run = tmp_path / "run"
-    train_decoder(sd1, dataset, run, stage2_config(steps=2, preview_every=1, preview_steps=2), reporter=QUIET)
+    train_decoder(loaded_sd1, mix_dataset, run, stage2_config(steps=2, preview_every=1, preview_steps=2), reporter=QUIET)
     table = rows(run)
     assert [(r["step"], r["column"], r["expected"]) for r in table] == [
         (str(step), column, expected) for step in (1, 2)
@@ -84,7 +71,7 @@ def test_stage2_previews_are_scored_step_by_step_on_the_sandbox_model(sd1, datas
     with Image.open(run / "previews" / "step-000002.png") as scored:
         height = scored.height
     # resumed from its checkpoint at step 2 with more steps: the CSV keeps one set of rows per step
-    train_decoder(sd1, dataset, run, stage2_config(steps=3, preview_every=1, preview_steps=2, checkpoint_every=1),
+    train_decoder(loaded_sd1, mix_dataset, run, stage2_config(steps=3, preview_every=1, preview_steps=2, checkpoint_every=1),
                   reporter=QUIET)
     assert [r["step"] for r in rows(run)] == ["1"] * 3 + ["2"] * 3 + ["3"] * 3
 
@@ -92,25 +79,25 @@ def test_stage2_previews_are_scored_step_by_step_on_the_sandbox_model(sd1, datas
     other = tmp_path / "other_record.json"
     other.write_text(json.dumps({"fingerprint": "another model"}), encoding="utf-8")
     monkeypatch.setattr(bundled, "SANDBOX_RECORD", other)
-    train_decoder(sd1, dataset, plain, stage2_config(steps=2, preview_every=2, preview_steps=2), reporter=QUIET)
+    train_decoder(loaded_sd1, mix_dataset, plain, stage2_config(steps=2, preview_every=2, preview_steps=2), reporter=QUIET)
     assert sorted(p.name for p in (plain / "previews").iterdir()) == ["step-000002.png"]
     with Image.open(plain / "previews" / "step-000002.png") as unscored:
         assert unscored.height < height  # the scored grid carries the oracle's lines below the pictures
 
 
-def test_stage1_previews_are_scored_too(sd1, tiny_sd1, dataset, tmp_path, as_the_sandbox_model):
+def test_stage1_previews_are_scored_too(loaded_sd1, tiny_sd1, mix_dataset, tmp_path, as_the_sandbox_model):
     config = ContrastiveConfig(holdout=0.0, preview_steps=2,
                                loop=LoopConfig(steps=2, batch_size=2, log_every=0, preview_every=2))
-    train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "s1", config, QUIET)
+    train_contrastive(loaded_sd1, mix_dataset, tiny_sd1.vision_dir, tmp_path / "s1", config, QUIET)
     assert [(r["step"], r["expected"]) for r in rows(tmp_path / "s1")] == [("2", "alice"), ("2", "bob"),
                                                                           ("2", "alice bob")]
 
 
-def test_only_the_sandbox_models_own_weights_are_scored(sd1, tiny_sd1, tmp_path, monkeypatch):
+def test_only_the_sandbox_models_own_weights_are_scored(loaded_sd1, tiny_sd1, tmp_path, monkeypatch):
     monkeypatch.setattr(characters_module, "load_characters", lambda path=None: parse_characters(SPEC))
-    assert oracle_scorer(sd1, ["<alice>", "<bob>"]) is None  # the real record's fingerprint is not this model's
+    assert oracle_scorer(loaded_sd1, ["<alice>", "<bob>"]) is None  # the real record's fingerprint is not this model's
     record = tmp_path / "sandbox_model.json"
-    record.write_text(json.dumps({"fingerprint": sd1.fingerprint}), encoding="utf-8")
+    record.write_text(json.dumps({"fingerprint": loaded_sd1.fingerprint}), encoding="utf-8")
     monkeypatch.setattr(bundled, "SANDBOX_RECORD", record)
-    assert oracle_scorer(sd1, ["<alice>", "<bob>"]) is not None
-    assert oracle_scorer(sd1, ["<alice>", "<carol>"]) is None  # every concept must be a character
+    assert oracle_scorer(loaded_sd1, ["<alice>", "<bob>"]) is not None
+    assert oracle_scorer(loaded_sd1, ["<alice>", "<carol>"]) is None  # every concept must be a character

@@ -15,7 +15,6 @@ from PIL import Image
 
 from clif_core.cli import main as clif_main
 from clif_core.concepts.file_format import load_concept_file
-from clif_core.models.loader import load_base_model
 from clif_core.progress import Reporter
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.sampler import sample
@@ -24,22 +23,10 @@ from clif_core.train.contrastive import ContrastiveConfig, train_contrastive
 from clif_core.train.decoder import train_decoder
 from clif_core.train.leakage import PreviewPrompt, leakage_prompts
 from clif_core.training.loop import LoopConfig
-from tests.helpers.datasets import make_dataset
 from tests.helpers.train_configs import stage2_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = Reporter(log=lambda m: None)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("ds") / "alice_bob", resolution=32, n_global=0, n_region=0,
-                        n_mix=2, n_single=2)
-
-
-@pytest.fixture(scope="module")
-def sd1(tiny_sd1):
-    return load_base_model(tiny_sd1.diffusers_dir)
 
 
 def record(kind: str, caption: str, *slots: tuple[str, str | None]) -> SimpleNamespace:
@@ -71,7 +58,7 @@ def cell(grid: Image.Image, column: int, size: int = 64) -> np.ndarray:
     return np.asarray(grid.crop((x, bottom - size, x + size, bottom)), dtype=np.int16)
 
 
-def test_previews_appear_at_their_steps_show_the_trained_model_and_change_nothing(sd1, dataset, tmp_path,
+def test_previews_appear_at_their_steps_show_the_trained_model_and_change_nothing(loaded_sd1, mix_dataset, tmp_path,
                                                                                 monkeypatch):
     modes = []
     loss = decoder.DecoderTask.loss
@@ -82,19 +69,19 @@ def test_previews_appear_at_their_steps_show_the_trained_model_and_change_nothin
         return loss(self, batch)
 
     monkeypatch.setattr(decoder.DecoderTask, "loss", spy)
-    plain = train_decoder(sd1, dataset, tmp_path / "plain", stage2_config(steps=4), reporter=QUIET)
+    plain = train_decoder(loaded_sd1, mix_dataset, tmp_path / "plain", stage2_config(steps=4), reporter=QUIET)
     shown = []
     reporter = Reporter(progress=lambda s, t, p=None: shown.append((s, p)) if p is not None else None,
                         log=lambda m: None)
     config = stage2_config(steps=4, preview_every=2, preview_steps=2)
-    previewed = train_decoder(sd1, dataset, tmp_path / "previewed", config, reporter=reporter)
+    previewed = train_decoder(loaded_sd1, mix_dataset, tmp_path / "previewed", config, reporter=reporter)
 
     assert previewed.train.history == plain.train.history  # the same losses, step by step
     a, b = load_concept_file(plain.path), load_concept_file(previewed.path)
     assert all(torch.equal(a.unet_lora[k], b.unet_lora[k]) for k in a.unet_lora)
     assert all(torch.equal(x.embeddings["clip_l"], y.embeddings["clip_l"]) for x, y in zip(a.concepts, b.concepts))
     assert all(modes) and len(modes) == 2 * 4  # train mode at every step, also after each preview
-    assert not sd1.unet.training  # and back to eval mode afterwards
+    assert not loaded_sd1.unet.training  # and back to eval mode afterwards
 
     run = tmp_path / "previewed" / "previews"
     assert sorted(p.name for p in run.iterdir()) == ["step-000002.png", "step-000004.png"]
@@ -110,12 +97,12 @@ def test_previews_appear_at_their_steps_show_the_trained_model_and_change_nothin
     # the last cell is the final model: the concept file sampled with the pack's sampler, same seed and steps
     prompt = b.metadata["stage2"]["preview_prompts"][-1]
     assert prompt == "a photo of <alice> on the left and <bob> on the right"
-    final = sample(sd1, SampleConfig(prompt=prompt, steps=2, seed=0), [b]).images[0]
+    final = sample(loaded_sd1, SampleConfig(prompt=prompt, steps=2, seed=0), [b]).images[0]
     assert np.abs(np.asarray(final, dtype=np.int16) - both).max() <= 2
     assert b.thumbnail is not None
 
 
-def test_clif_train_previews_load_the_model_once(tiny_sd1, dataset, tmp_path, monkeypatch):
+def test_clif_train_previews_load_the_model_once(tiny_sd1, mix_dataset, tmp_path, monkeypatch):
     from diffusers import UNet2DConditionModel
 
     from clif_core.models import loader
@@ -131,7 +118,7 @@ def test_clif_train_previews_load_the_model_once(tiny_sd1, dataset, tmp_path, mo
         unet_init(self, *a, **k)
 
     monkeypatch.setattr(UNet2DConditionModel, "__init__", counted_init)
-    args = ["train", "stage2", "--dataset", str(dataset), "--base", str(tiny_sd1.single_file), "--run-dir",
+    args = ["train", "stage2", "--dataset", str(mix_dataset), "--base", str(tiny_sd1.single_file), "--run-dir",
             str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--lora-rank", "2", "--preview-every", "1",
             "--preview-steps", "2", "--log-every", "0"]
     assert clif_main(args) == 0
@@ -140,13 +127,13 @@ def test_clif_train_previews_load_the_model_once(tiny_sd1, dataset, tmp_path, mo
                                                                                  "step-000002.png"]
 
 
-def test_stage1_previews_show_its_tokens_and_change_nothing(tiny_sd1, sd1, dataset, tmp_path):
+def test_stage1_previews_show_its_tokens_and_change_nothing(tiny_sd1, loaded_sd1, mix_dataset, tmp_path):
     def config(every: int) -> ContrastiveConfig:
         return ContrastiveConfig(holdout=0.0, preview_steps=2,
                                  loop=LoopConfig(steps=2, batch_size=2, log_every=0, preview_every=every))
 
-    plain = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "plain", config(0), QUIET)
-    previewed = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "previewed", config(1), QUIET)
+    plain = train_contrastive(loaded_sd1, mix_dataset, tiny_sd1.vision_dir, tmp_path / "plain", config(0), QUIET)
+    previewed = train_contrastive(loaded_sd1, mix_dataset, tiny_sd1.vision_dir, tmp_path / "previewed", config(1), QUIET)
     assert previewed.train.history == plain.train.history
     for x, y in zip(plain.file.concepts, previewed.file.concepts):
         assert torch.equal(x.embeddings["clip_l"], y.embeddings["clip_l"])
@@ -157,5 +144,5 @@ def test_stage1_previews_show_its_tokens_and_change_nothing(tiny_sd1, sd1, datas
 
     # the preview settings do not change what is trained: a resumed run may change them
     more = ContrastiveConfig(holdout=0.0, preview_steps=0, loop=LoopConfig(steps=3, batch_size=2, log_every=0))
-    resumed = train_contrastive(sd1, dataset, tiny_sd1.vision_dir, tmp_path / "previewed", more, QUIET)
+    resumed = train_contrastive(loaded_sd1, mix_dataset, tiny_sd1.vision_dir, tmp_path / "previewed", more, QUIET)
     assert resumed.train.resumed_from == 2 and len(resumed.train.history) == 3
