@@ -169,3 +169,33 @@ def test_published_tower_shapes_give_comfyuis_own_configs(name):
     inferred = _infer_config(model.state_dict(), str(path))
     for key, value in inferred.items():
         assert comfy.get(key, CLIPVisionConfig().to_dict()[key]) == value, key
+
+
+def test_a_towers_declared_pairing_is_used_frozen_instead_of_a_learnt_head(sd1, tiny_sd1, dataset, tmp_path):
+    """A vision folder whose contrastive.json says its tower was trained against the text encoder's pooled
+    output (the sandbox model's) gets exactly that pairing: identity projection, frozen, its temperature."""
+    import shutil
+
+    declared = tmp_path / "tower"
+    shutil.copytree(tiny_sd1.vision_dir, declared)
+    pairing = {"text_features": "pooler_output of the text encoder (no projection)", "image_features": "image_embeds",
+               "normalize": True, "logit_scale": 2.5}
+    (declared / "contrastive.json").write_text(json.dumps(pairing), encoding="utf-8")
+    tower = load_vision_tower(declared, sd1.device, torch.float32)
+    assert torch.equal(tower.text_projection, torch.eye(tower.projection_dim)) and tower.logit_scale == 2.5
+
+    result = train_contrastive(sd1, dataset, declared, tmp_path / "run", stage1_config(steps=2), QUIET)
+    assert result.metrics["projection"] == "the text projection that came with the vision tower (frozen)"
+    assert result.metrics["temperature"] == pytest.approx(math.exp(2.5))
+    [(_, last)] = RunFolder(tmp_path / "run").checkpoints()[-1:]
+    assert sorted(load_checkpoint(last).params) == ["tokens/clip_l"]  # no head of its own to train
+
+    for bad, match in (({**pairing, "text_features": "text_embeds"}, "only pairing understood"),
+                       ({**pairing, "logit_scale": "high"}, "finite number"),
+                       ({**pairing, "normalize": False}, "normalised features")):
+        (declared / "contrastive.json").write_text(json.dumps(bad), encoding="utf-8")
+        with pytest.raises(ClifError, match=match):
+            load_vision_tower(declared, sd1.device, torch.float32)
+    (declared / "contrastive.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ClifError, match="contrastive.json"):
+        load_vision_tower(declared, sd1.device, torch.float32)

@@ -125,7 +125,7 @@ class TextSide(torch.nn.Module):
         if self.head is not None:
             return "learnt linear head (this encoder has no CLIP text projection)"
         if self.fixed_projection is not None:
-            return "CLIP text projection from the vision checkpoint"
+            return "the text projection that came with the vision tower (frozen)"
         return "the encoder's own text projection"
 
     def scale(self) -> torch.Tensor:

@@ -8,6 +8,12 @@ Accepted:
   architecture is read from the tensor shapes; other sizes need their config in the metadata key
   `clif.vision_config` (`save_vision_tower_file` writes it).
 Which text encoder a tower belongs to is decided by its projection width (`pair_encoder`).
+
+A vision-only folder may say how its tower was paired with a text encoder when it was trained, in a
+`contrastive.json` beside its config (the sandbox pretraining writes one): `"text_features"` naming the text
+encoder's pooled output with no projection, and the `"logit_scale"` it was trained at. Stage 1 then uses
+exactly that pairing (an identity text projection, frozen, and that temperature), as it uses a full CLIP
+checkpoint's own text projection and logit scale, instead of learning a head of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ _NAMES = {768: "ViT-B", 1024: "ViT-L/14", 1280: "ViT-H/14", 1664: "ViT-bigG/14"}
 @dataclass
 class VisionTower:
     """A frozen CLIP vision tower and what it brings along. `text_projection` [proj, text width] and
-    `logit_scale` come only from full CLIP checkpoints."""
+    `logit_scale` come from full CLIP checkpoints, or from a vision folder's declared pairing."""
 
     model: Any  # transformers.CLIPVisionModelWithProjection
     image_size: int
@@ -125,7 +131,10 @@ def _from_folder(folder: Path) -> VisionTower:
                            logit_scale=float(full.logit_scale.item()))
     if kind == "clip_vision_model":
         model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        return VisionTower(model, int(model.config.image_size), mean, std, str(folder))
+        tower = VisionTower(model, int(model.config.image_size), mean, std, str(folder))
+        if (folder / PAIRING_FILE).is_file():
+            tower.text_projection, tower.logit_scale = _declared_pairing(folder / PAIRING_FILE, tower.projection_dim)
+        return tower
     raise ClifError(f"{config_path}: model_type {kind!r} is not a CLIP model (expected 'clip' or 'clip_vision_model')")
 
 
@@ -162,6 +171,25 @@ def _infer_config(sd: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
         "image_size": patch.shape[-1] * math.isqrt(positions - 1), "projection_dim": projection,
         "layer_norm_eps": 1e-5,
     }
+
+
+PAIRING_FILE = "contrastive.json"
+
+
+def _declared_pairing(path: Path, projection_dim: int) -> tuple[torch.Tensor, float]:
+    """(identity text projection, logit scale) from a tower folder's `contrastive.json`."""
+    fix = "delete it to let stage 1 learn its own text head, or write the pairing the tower was trained with"
+    data = read_json(path, dict, fix)
+    text, scale = data.get("text_features"), data.get("logit_scale")
+    if not isinstance(text, str) or not text.startswith("pooler_output") or "no projection" not in text:
+        raise ClifError(f"{path}: \"text_features\" is {text!r}; the only pairing understood is the text encoder's "
+                        f"pooled output with no projection (\"pooler_output ... (no projection)\"); {fix}")
+    if data.get("normalize", True) is not True:
+        raise ClifError(f"{path}: \"normalize\" is {data['normalize']!r}; stage 1 compares normalised features; {fix}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ClifError(f"{path}: \"logit_scale\" is {scale!r}; it must be a finite number (the log of the "
+                        f"temperature the tower was trained at); {fix}")
+    return torch.eye(projection_dim), float(scale)
 
 
 def _from_file(path: Path) -> VisionTower:
