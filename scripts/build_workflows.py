@@ -121,8 +121,8 @@ def isolation_workflow(load: Node) -> Workflow:
                     "prompt), for the stock KSampler with the plain MODEL. Needs one concept file per character: "
                     "train each alone (workflow 1 with one concept) and save them as sandbox_ada / sandbox_ida.",
                     groups=[
-        Group("1. Model and one concept file per character", [load, *files]),
-        Group("2. Regional prompts, each concept isolated to its region", [
+        Group("1. Model, one concept file each", [load, *files]),
+        Group("2. Regional prompts, isolated", [
             Node("regional", "CLIFApplyConceptsRegional", "Apply concepts (regional): ada left, ida right",
                  {"global_prompt": "a photo of two figures side by side", "layout": "left_right",
                   "region_prompts": "a photo of <ada>\na photo of <ida>", "region_1": 1, "region_2": 2},
@@ -132,7 +132,7 @@ def isolation_workflow(load: Node) -> Workflow:
             Node("latent", "CLIFEmptyLatent", "Empty latent (64 px images)",
                  {"width": 64, "height": 64, "batch_size": 2}, {"vae": ("base", "VAE")}),
         ], "#2a6f3a"),
-        Group("3. Native sampling (MODEL without the concept files)",
+        Group("3. Native sampling (plain MODEL)",
               stock_sampler("clif/isolated_concepts", "s", "KSampler", ("base", "MODEL"), 7, "regional", "neg",
                             "latent", ("base", "VAE"), "Save image"), "#6f4a2a"),
     ])

@@ -69,6 +69,9 @@ def test_workflow_is_readable_for_newcomers(path: Path):
         inside = [g for g in ui["groups"] if g["bounding"][0] <= x <= g["bounding"][0] + g["bounding"][2]
                   and g["bounding"][1] <= y <= g["bounding"][1] + g["bounding"][3]]
         assert inside, f"{path.name}: node {node['title']!r} is in no group"
+    for group in ui["groups"]:  # the editor draws a group's title at 24 px, about 10 px a character
+        assert len(group["title"]) * 10 <= group["bounding"][2], \
+            f"{path.name}: group title {group['title']!r} runs past its group into the next one; shorten it"
     ids = {n["id"] for n in ui["nodes"]}
     for link in ui["links"]:
         assert link[1] in ids and link[3] in ids, f"{path.name}: link {link} joins unknown nodes"
