@@ -85,6 +85,15 @@ def test_efficacy_smoke_table_has_every_method_and_metric(setup: dict[str, Path]
     assert paths["grid"].is_file() and paths["grid"].stat().st_size > 0
     assert record["pairs"][0]["pair"] == ["zed", "yuk"]  # the never-seen spec's characters were used
     assert set(record["table"]) == set(efficacy.METHODS)
+    # stage 1's diagnostics: the tower's separation of the pair and each stage-1 run's own measures
+    pair = record["pairs"][0]
+    assert 0.0 <= pair["tower_separation"] <= 1.0
+    with_stage1 = {m for m in efficacy.METHODS if efficacy._PLAN[m][1] == "clif"}
+    assert set(pair["stage1"]) == with_stage1 and all(len(runs) == config.runs_of(m) for m, runs in pair["stage1"].items())
+    assert all(r["cosine_before"] > 0.99 for runs in pair["stage1"].values() for r in runs)  # both start as "figure"
+    diagnostics = _tables(paths["table"].read_text(encoding="utf-8"))[1]
+    assert diagnostics["__header__"] == ["tower separation", "method", "concept cosine before → after",
+                                         "retrieval after"]
 
 
 def test_erase_smoke_tables_have_every_method_metric_family_and_attack(setup: dict[str, Path]) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 from clif_core.errors import ClifError
 from clif_core.progress import SILENT, Reporter
 
+from .diagnostics import diagnostics_lines, stage1_measures, tower_separation
 from .stats import Estimate, bootstrap_runs
 from .training import Rates, Recipe, build_sets, sandbox_templates, train_stages
 
@@ -221,6 +222,8 @@ class PairRun:
     images: dict[str, list[list[Any]]] = field(default_factory=dict)  # method → per prompt → PIL images (run 0)
     scores: dict[str, list[list[list[dict]]]] = field(default_factory=dict)  # method → run → prompt → image
     seconds: dict[str, float] = field(default_factory=dict)  # method → training seconds, all its runs
+    stage1: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # method → per run (diagnostics.py)
+    separation: float = float("nan")  # the vision tower's own separation of the pair (diagnostics.py)
 
 
 def run_dir_of(pair_dir: Path, method: str, run: int) -> Path:
@@ -257,6 +260,9 @@ def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: 
             trained = train_stages(stages, base, model.vision, datasets[data], run_dir_of(pair_dir, method, k),
                                    config.recipe(k), reporter)
             run.seconds[method] += time.perf_counter() - start
+            measured = stage1_measures(run_dir_of(pair_dir, method, k))
+            if measured is not None:
+                run.stage1.setdefault(method, []).append(measured)
             reporter.log(f"{a}/{b}: sampling {method} ({len(prompts)} prompts × {seeds} seeds)")
             per_prompt = []
             for prompt in prompts:
@@ -283,7 +289,10 @@ def summarise(runs: Sequence[PairRun], methods: Sequence[str]) -> dict[str, dict
 
 def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[str, Path]:
     """Run the benchmark; write OUT/efficacy.md, OUT/efficacy.png, OUT/efficacy.json; return their paths."""
+    import torch
+
     from clif_core.sandbox.characters import load_characters
+    from clif_core.train.vision import load_vision_tower
 
     from .setup import load_bench_model, load_oracle
 
@@ -299,10 +308,12 @@ def run_efficacy(config: EfficacyConfig, reporter: Reporter = SILENT) -> dict[st
     model = load_bench_model(config.model, config.vision)
     oracle = load_oracle()
     work = config.work or config.out / f"work-efficacy-{config.size}"
+    tower = load_vision_tower(model.vision, model.base.device, torch.float32)  # for the diagnostics only
     runs = []
     for i, pair in enumerate(pairs):
         reporter.progress(i, len(pairs), None)
         runs.append(run_pair(tuple(pair), config, model, oracle, characters, work / "pairs", reporter))
+        runs[-1].separation = tower_separation(tower, characters, pair)
     reporter.progress(len(pairs), len(pairs), None)
     table = summarise(runs, config.methods)
     seconds = time.perf_counter() - started
@@ -358,6 +369,8 @@ def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairR
         "",
         f"Grid (`efficacy.png`): pair {'/'.join(first.pair)}; first row the training pictures, then per method "
         f"the first {show} seeds of each prompt.",
+        "",
+        *diagnostics_lines([r.pair for r in runs], [r.separation for r in runs], [r.stage1 for r in runs]),
     ]
     paths["table"] = write_text_atomic(out / "efficacy.md", "\n".join(lines) + "\n")
     record = {
@@ -368,7 +381,8 @@ def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairR
         "fingerprint": model.base.fingerprint,
         "table": {m: {k: e.to_dict() for k, e in est.items()} for m, est in table.items()},
         "pairs": [{"pair": list(r.pair), "prompts": [p.text for p in r.prompts], "scores": r.scores,
-                   "training_seconds": r.seconds} for r in runs],
+                   "training_seconds": r.seconds, "tower_separation": r.separation, "stage1": r.stage1}
+                  for r in runs],
     }
     paths["json"] = write_text_atomic(out / "efficacy.json", json.dumps(finite_json(record), indent=1, default=str) + "\n")
     return paths
