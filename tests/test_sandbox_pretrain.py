@@ -162,3 +162,13 @@ def test_a_rescheduled_stage_keeps_its_learning_rate_continuous_and_ends_at_zero
                                                                 "steps_after": 15_000}])
     assert twice(8_000) == pytest.approx(after(8_000)) and twice(15_000) == pytest.approx(0.0, abs=1e-12)
     assert twice(11_000) > after(11_000)  # the second change stretched what was left
+
+
+@pytest.mark.parametrize("text", ["{broken", "[]", '{"stage": "unet"}', '{"stage": "unet", "step": 1, "config": {}}',
+                                  json.dumps({"stage": "sideways", "step": 1, "config": PRESETS["test"].to_json()})])
+def test_a_damaged_progress_record_is_refused_with_the_fix(tmp_path, text):
+    checkpoint = tmp_path / "work" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "progress.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ClifError, match="start a new --work folder"):
+        load_state(tmp_path / "work")

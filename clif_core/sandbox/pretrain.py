@@ -225,8 +225,17 @@ def load_state(work: Union[str, Path]) -> Optional[PretrainState]:
     folder = _checkpoint_dir(Path(work))
     if folder is None:
         return None
-    data = json.loads((folder / "progress.json").read_text(encoding="utf-8"))
-    return PretrainState(**data)
+    path = folder / "progress.json"
+    try:
+        state = PretrainState(**json.loads(path.read_text(encoding="utf-8")))
+        config_from_json(state.config)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ClifError(f"{path} is not a sandbox pretraining checkpoint's record ({type(err).__name__}: {err}); "
+                        "restore it from the copy you committed, or start a new --work folder") from None
+    if state.stage not in (*STAGES, "done") or not isinstance(state.step, int) or state.step < 0:
+        raise ClifError(f"{path}: stage {state.stage!r} step {state.step!r} is not a point of the pretraining; "
+                        "restore the file, or start a new --work folder")
+    return state
 
 
 def _write_checkpoint(
