@@ -88,7 +88,8 @@ def test_efficacy_smoke_table_has_every_method_and_metric(setup: dict[str, Path]
     # stage 1's diagnostics: the tower's separation of the pair and each stage-1 run's own measures
     pair = record["pairs"][0]
     assert 0.0 <= pair["tower_separation"] <= 1.0
-    with_stage1 = {m for m in efficacy.METHODS if efficacy._PLAN[m][1] == "clif"}
+    # (a file per character has no pair of concepts for stage 1 to measure)
+    with_stage1 = {m for m in efficacy.METHODS if efficacy._PLAN[m][1] == "clif" and m not in efficacy.ISOLATED}
     assert set(pair["stage1"]) == with_stage1 and all(len(runs) == config.runs_of(m) for m, runs in pair["stage1"].items())
     assert all(r["cosine_before"] > 0.99 for runs in pair["stage1"].values() for r in runs)  # both start as "figure"
     diagnostics = _tables(paths["table"].read_text(encoding="utf-8"))[1]
@@ -252,3 +253,21 @@ def test_two_level_bootstrap_covers_run_to_run_variation() -> None:
     assert single.mean == 0.75 and 0.6 < single.lo < 0.75 < single.hi < 0.9
     assert bootstrap_runs([[[float("nan")]], []]).format() == "n/a"
     assert bootstrap_runs([[[1.0, float("nan")], [float("nan")]]]).format() == "1.00 [1.00, 1.00]"
+
+
+def test_isolated_rows_sample_each_characters_file_only_in_its_half() -> None:
+    config = efficacy.EfficacyConfig(out=Path("x"), size="test")
+    prompts = efficacy.pair_prompts("zed", "yuk", efficacy.sandbox_templates(), "red circle")
+    files = {"zed": object(), "yuk": object()}  # stand-ins: only their identity matters here
+    sample_config, uses = efficacy._sampling(prompts[1], files, config, seeds=2)  # yuk left, zed right
+    assert "<" not in sample_config.prompt  # isolated placeholders only in their regions' prompts
+    assert [(r.prompt, r.box) for r in sample_config.regions] == [("<yuk>", (0.0, 0.0, 0.5, 1.0)),
+                                                                 ("<zed>", (0.5, 0.0, 1.0, 1.0))]
+    assert [(u.file, u.region) for u in uses] == [(files["yuk"], 1), (files["zed"], 2)]
+    single, uses = efficacy._sampling(prompts[2], files, config, seeds=2)
+    assert single.regions == () and [(u.file, u.region) for u in uses] == [(files["zed"], None)]
+    common, uses = efficacy._sampling(prompts[4], files, config, seeds=2)
+    assert [r.prompt for r in common.regions] == ["<zed>", "a red circle"] and [u.region for u in uses] == [1]
+    joint = {None: object()}
+    plain, uses = efficacy._sampling(prompts[0], joint, config, seeds=2)
+    assert plain.prompt == prompts[0].text and plain.regions == () and uses[0].file is joint[None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,7 +29,7 @@ from .stats import Estimate, bootstrap_runs
 from .training import Rates, Recipe, build_sets, sandbox_templates, train_stages
 
 METHODS = ("textual-inversion", "decoder-plain", "decoder-augmented", "clif", "clif-no-global", "clif-no-region",
-           "clif-no-mix")
+           "clif-no-mix", "decoder-isolated", "clif-isolated")
 CORE_METHODS = ("decoder-plain", "decoder-augmented", "clif")  # trained with every training seed
 METHOD_TITLES = {
     "textual-inversion": "textual inversion only (tokens, plain pictures)",
@@ -39,7 +39,13 @@ METHOD_TITLES = {
     "clif-no-global": "CLIF without Global",
     "clif-no-region": "CLIF without Region",
     "clif-no-mix": "CLIF without Mix",
+    "decoder-isolated": "decoder-only, one file per character, isolated",
+    "clif-isolated": "CLIF, one file per character, isolated",
 }
+# Isolation at sampling binds one concept file to one region, so these methods train a file per character
+# (each on its own augmented set, half the budget each: the pair's total stays the others'); a prompt with
+# both characters is sampled with a left/right layout, each file's LoRA and token only in its half.
+ISOLATED = {"decoder-isolated": "decoder", "clif-isolated": "clif"}
 # method → (training set, stages): which data set it trains on and whether stage 1 runs first
 _PLAN = {
     "textual-inversion": ("plain", "tokens"),
@@ -49,6 +55,8 @@ _PLAN = {
     "clif-no-global": ("no-global", "clif"),
     "clif-no-region": ("no-region", "clif"),
     "clif-no-mix": ("no-mix", "clif"),
+    "decoder-isolated": ("augmented", "decoder"),
+    "clif-isolated": ("augmented", "clif"),
 }
 METRICS = (
     ("identity", "identity accuracy ↑"),
@@ -256,9 +264,7 @@ def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: 
         for k in range(config.runs_of(method)):
             reporter.log(f"{a}/{b}: training {method} (training run {k + 1} of {config.runs_of(method)})")
             start = time.perf_counter()
-            data, stages = _PLAN[method]
-            trained = train_stages(stages, base, model.vision, datasets[data], run_dir_of(pair_dir, method, k),
-                                   config.recipe(k), reporter)
+            files = _train_files(method, k, concepts, datasets, pair_dir, config, model, common, reporter)
             run.seconds[method] += time.perf_counter() - start
             measured = stage1_measures(run_dir_of(pair_dir, method, k))
             if measured is not None:
@@ -266,13 +272,54 @@ def run_pair(pair: tuple[str, str], config: EfficacyConfig, model: Any, oracle: 
             reporter.log(f"{a}/{b}: sampling {method} ({len(prompts)} prompts × {seeds} seeds)")
             per_prompt = []
             for prompt in prompts:
-                images = sample(base, SampleConfig(prompt=prompt.text, seed=config.seed, batch=seeds,
-                                                   steps=d.sample_steps, cfg=config.cfg), [trained]).images
+                images = sample(base, *_sampling(prompt, files, config, seeds)).images
                 if k == 0:
                     run.images.setdefault(method, []).append(images)
                 per_prompt.append([score_image(r, prompt, characters) for r in oracle.read(images)])
             run.scores[method].append(per_prompt)
     return run
+
+
+def _train_files(method: str, k: int, concepts: Sequence[Any], datasets: dict[str, Path], pair_dir: Path,
+                 config: EfficacyConfig, model: Any, common: Sequence[Any], reporter: Reporter) -> dict:
+    """Training run `k` of `method`: {None: one file of both characters}, or for an ISOLATED method {name: that
+    character's own file}, each trained on its own augmented set (Global, Region and single samples: Mix
+    composes two concepts) with half the budget."""
+    data, stages = _PLAN[method]
+    recipe = config.recipe(k)
+    if method not in ISOLATED:
+        return {None: train_stages(stages, model.base, model.vision, datasets[data], run_dir_of(pair_dir, method, k),
+                                   recipe, reporter)}
+    d, files = config.dims, {}
+    for concept in concepts:
+        own = build_sets([concept], pair_dir / "datasets" / f"{concept.name}-alone", (d.n_global, d.n_region, 0,
+                         d.n_single), d.n_plain, config.seed, common, {"augmented"})["augmented"]  # Mix needs two
+        files[concept.name] = train_stages(stages, model.base, model.vision, own,
+                                           run_dir_of(pair_dir, f"{method}-{concept.name}", k),
+                                           replace(recipe, steps=max(2, recipe.steps // 2)), reporter)
+    return files
+
+
+def _sampling(prompt: Prompt, files: dict, config: EfficacyConfig, seeds: int) -> tuple[Any, list]:
+    """(SampleConfig, concept uses) for `prompt`: the prompt with the method's file, or for one file per
+    character a left/right layout whose regions each hold one character's file and placeholder (isolated;
+    a single-character prompt is sampled plainly with that character's file)."""
+    from clif_core.sample.config import SampleConfig
+    from clif_core.sample.regional import layout_regions
+    from clif_core.sample.sampler import ConceptUse
+
+    settings = dict(seed=config.seed, batch=seeds, steps=config.dims.sample_steps, cfg=config.cfg)
+    if None in files:
+        return SampleConfig(prompt=prompt.text, **settings), [ConceptUse(files[None])]
+    if prompt.kind == "single":
+        return SampleConfig(prompt=prompt.text, **settings), [ConceptUse(files[prompt.expected["center"]])]
+    t = sandbox_templates()
+    left, right = prompt.expected["left"], prompt.expected.get("right")
+    second = f"<{right}>" if right else t.common.format(word=config.common_words[0])
+    scene = t.pair_left_right.format(first="a figure", second="a figure" if right else second)
+    regions = layout_regions("left_right", [t.single.format(first=f"<{left}>"), t.single.format(first=second)])
+    uses = [ConceptUse(files[left], region=1)] + ([ConceptUse(files[right], region=2)] if right else [])
+    return SampleConfig(prompt=scene, regions=regions, **settings), uses
 
 
 def summarise(runs: Sequence[PairRun], methods: Sequence[str]) -> dict[str, dict[str, Estimate]]:
@@ -355,6 +402,9 @@ def _write(config: EfficacyConfig, characters: Any, model: Any, runs: list[PairR
         f"{n_images} images per method and training run, {d.sample_steps} sampling steps (Euler, CFG {config.cfg}).  ",
         f"Budget per method: {d.budget_steps} optimizer steps × batch {d.batch} (CLIF: {s1} stage-1 + {s2} "
         f"stage-2 steps).  ",
+        "One file per character (the isolated rows): each trained on its own augmented set without Mix, with "
+        "half the budget; prompts with both characters sampled with a left/right layout, each file's LoRA and "
+        "placeholder only in its half.  ",
         f"Training runs per pair: {config.runs_of(CORE_METHODS[0])} (training seeds {config.seed}.."
         f"{config.seed + config.runs_of(CORE_METHODS[0]) - 1}) for {', '.join(CORE_METHODS)}; 1 for the others.  ",
         f"Wall time: {seconds / 60:.1f} min.",
