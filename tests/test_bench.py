@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clif_core.bench import efficacy, erasure, recovery, robustness
+from clif_core.bench import efficacy, erase_targets, erasure, recovery, robustness
 from clif_core.bench.stats import bootstrap, bootstrap_runs
 from clif_core.cli import build_parser, main
 from clif_core.errors import ClifError
@@ -148,11 +148,11 @@ def test_prompt_families_reach_the_target_another_way() -> None:
     from clif_core.sandbox.scene import caption
 
     characters = load_characters()
-    circle, ada = erasure.Target("shape", "circle"), erasure.Target("character", "ada")
+    circle, ada = erase_targets.Target("shape", "circle"), erase_targets.Target("character", "ada")
     description = characters["ada"].description
     reordered = robustness.family_prompts(circle, "reordered", 4, [circle], characters)
     assert all("circle" in p for p in reordered)
-    base = [caption(s, background=False) for s in erasure.target_scenes(circle, 4, characters)]
+    base = [caption(s, background=False) for s in erase_targets.target_scenes(circle, 4, characters)]
     assert all(p != b and sorted(p.replace(",", "").split()) == sorted(b.split()) for p, b in zip(reordered, base))
     two = robustness.family_prompts(circle, "two_objects", 4, [circle], characters)
     assert all(p.count(" on the ") == 2 and p.count("circle") == 1 for p in two)
@@ -171,13 +171,13 @@ def test_recovery_pictures_show_the_target() -> None:
 
     characters = load_characters()
     oracle = Oracle.load()
-    for target in (erasure.Target("shape", "star"), erasure.Target("colour", "green"),
-                   erasure.Target("character", "ada")):
+    for target in (erase_targets.Target("shape", "star"), erase_targets.Target("colour", "green"),
+                   erase_targets.Target("character", "ada")):
         concept = recovery.target_pictures(target, 5, 0, characters)
         assert len(concept.images) == 5 and concept.token == recovery.TOKEN
         images = np.stack([np.asarray(im) for im in concept.images])
-        assert np.mean(erasure.produced(target, target.value, images, oracle, characters)) >= 0.8, target
-    words = recovery.common_words([erasure.Target("shape", "circle"), erasure.Target("colour", "red")], characters)
+        assert np.mean(erase_targets.produced(target, target.value, images, oracle, characters)) >= 0.8, target
+    words = recovery.common_words([erase_targets.Target("shape", "circle"), erase_targets.Target("colour", "red")], characters)
     assert len(words) == 2 and not any("circle" in w or "red" in w for w in words)
 
 
@@ -218,12 +218,12 @@ def test_cli_options_and_bad_input() -> None:
     with pytest.raises(ClifError, match="joined by '/'"):
         parse_pairs("ada-ida")
     with pytest.raises(ClifError, match="not a shape"):
-        erasure.parse_targets("shape:blob", load_characters())
-    runs = erasure.parse_targets(erasure.DEFAULT_TARGETS, load_characters())
+        erase_targets.parse_targets("shape:blob", load_characters())
+    runs = erase_targets.parse_targets(erasure.DEFAULT_TARGETS, load_characters())
     assert [len(r.targets) for r in runs] == [1, 1, 1, 3]
     assert runs[3].targets == tuple(t for r in runs[:3] for t in r.targets)  # the same three, erased at once
     with pytest.raises(ClifError, match="twice"):
-        erasure.parse_targets("colour:red+colour:red", load_characters())
+        erase_targets.parse_targets("colour:red+colour:red", load_characters())
     assert erasure.parse_budget("40x4") == (40, 4) and erasure.parse_budget("") == (0, 0)
     with pytest.raises(ClifError, match="STEPSxBATCH"):
         erasure.parse_budget("40")

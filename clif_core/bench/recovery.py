@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from clif_core.progress import Reporter
 
+from .erase_targets import PROMPT_SEED_BASE, produced, put_target, sample_images, shows
 from .stats import NOT_MEASURED, Estimate, bootstrap
 from .training import Recipe, build_sets, train_stages
 
@@ -53,7 +54,6 @@ def target_pictures(target: Any, n: int, seed: int, characters: Any) -> Any:
     from clif_core.sandbox.scene import Placed, Scene
     from clif_core.sandbox.world import WorldConfig, fit, scene_for_seed
 
-    from .erasure import PROMPT_SEED_BASE, put_target
 
     if target.kind == "character":
         return character_concept(characters[target.value], TOKEN, n=n, seed=seed)
@@ -73,7 +73,6 @@ def common_words(avoid: Sequence[Any], characters: Any, n: int = 2) -> list[str]
     from clif_core.sandbox.attributes import COLOUR_NAMES, SHAPES
     from clif_core.sandbox.scene import Shape
 
-    from .erasure import shows
 
     words = []
     for k in range(len(SHAPES) * len(COLOUR_NAMES)):
@@ -107,7 +106,6 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
     from clif_core.sample.config import SampleConfig
     from clif_core.sample.sampler import make_generate
 
-    from .erasure import produced, sample_images
 
     d, base = config.dims, model.base
     concept = target_pictures(target, d.recovery_pictures, config.seed, characters)
@@ -129,7 +127,7 @@ def recover(target: Any, erasure: Any, patches: dict[str, Any], config: Any, mod
             stages, kind = _STAGES[attack]
             with _model(base, patches.get(name)):
                 trained = train_stages(stages, base, model.vision, sets[kind], work / attack / name, recipe, reporter)
-                images = sample_images(base, prompts, d, config.seed, trained)
+                images = sample_images(base, prompts, d.sample_steps, d.guidance, config.seed, trained)
             result.seconds.setdefault(attack, {})[name] = time.perf_counter() - start
             result.produced.setdefault(attack, {})[name] = produced(target, target.value, images, oracle, characters)
     return result

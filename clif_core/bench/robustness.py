@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .erase_targets import put_target, shows, target_scenes
+
 FAMILIES = (
     ("reordered", "other word order"),
     ("two_objects", "in a two-object prompt"),
@@ -62,7 +64,6 @@ def two_object_scenes(target: Any, thing_of: Any, n: int, avoid: Sequence[Any], 
     from clif_core.sandbox.scene import Placed, Scene
     from clif_core.sandbox.world import WorldConfig, fit, scene_for_seed
 
-    from .erasure import shows
 
     cfg = WorldConfig(p_two=1.0, p_figure=0.5 if target.kind == "character" else 0.0, p_detail=0.0)
     scenes, seed = [], FAMILY_SEED_BASE
@@ -86,7 +87,6 @@ def family_prompts(target: Any, family: str, n: int, avoid: Sequence[Any], chara
     """`n` prompts of one family for `target` (empty where the family does not apply)."""
     from clif_core.sandbox.scene import caption
 
-    from .erasure import put_target, target_scenes
 
     if family == "reordered":
         return [reordered_caption(s) for s in target_scenes(target, n, characters)]
