@@ -247,7 +247,6 @@ def run_erasure(erasure: Erasure, config: EraseBenchConfig, model: Any, oracle: 
     """Erase with every method, sample and score; the first `attacked` targets also get the recovery attacks."""
     from clif_core.sandbox.scene import caption
 
-
     d, base = config.dims, model.base
     scenes_o = other_scenes(erasure.targets, d.other_prompts, characters)
     prompts_t = [[caption(s, background=False) for s in target_scenes(t, d.target_prompts, characters)]
@@ -287,7 +286,6 @@ def run_erasure(erasure: Erasure, config: EraseBenchConfig, model: Any, oracle: 
 
 def summarise(runs: Sequence[ErasureRun]) -> dict[str, dict[str, dict[str, Estimate]]]:
     """target row label → model → metric or family → estimate (n/a where it does not apply)."""
-
     keys = [k for k, _ in METRICS] + [f for f, _ in FAMILIES]
     out: dict[str, dict[str, dict[str, Estimate]]] = {}
     for run in runs:
