@@ -260,13 +260,12 @@ def _train(run: _Run) -> Any:
 def _preview_readings(path: Path) -> dict[str, dict[str, str]]:
     """The oracle's reading of each leakage-preview column per training step (what it recognised), from
     previews/oracle.csv: the run's leakage curve in the report."""
-    import csv
+    from .train.leakage import read_scores
 
     readings: dict[str, dict[str, str]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            verdict = "right" if row["correct"] == "1" else "wrong"
-            readings.setdefault(f"step {row['step']}", {})[row["column"]] = f"{row['recognised'] or 'none'} ({verdict})"
+    for row in read_scores(path):
+        verdict = "right" if row["correct"] == "1" else "wrong"
+        readings.setdefault(f"step {row['step']}", {})[row["column"]] = f"{row['recognised'] or 'none'} ({verdict})"
     return readings
 
 

@@ -40,7 +40,7 @@ from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .leakage import LeakagePreview, leakage_prompts, preview_scoring
+from .leakage import SCORES_FILE, LeakagePreview, leakage_prompts, preview_scorer
 from .tokens import ConceptTokens, initial_concepts
 from .vision import VisionTower, load_vision_tower, pair_encoder
 
@@ -281,7 +281,8 @@ def train_contrastive(
             leakage = LeakagePreview(
                 base, leakage_prompts(ds.records, placeholders), tokens.applied.tokens,
                 [base.unet, *(s.encoder for s in base.text)], config.preview_steps, config.loop.seed,
-                *preview_scoring(base, placeholders, run, config.preview_steps))
+                scorer=preview_scorer(base, placeholders, bool(config.preview_steps and config.loop.preview_every)),
+                scores_file=run.previews_dir / SCORES_FILE)
             task = ContrastiveTask(ds, train_idx, features, captions, tokens, text, config, lora, leakage)
             before = _evaluate(task, held, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 1 (contrastive)")

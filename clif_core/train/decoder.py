@@ -40,7 +40,7 @@ from clif_core.training.run_folder import RunFolder, base_recipe, open_run
 from clif_core.validation import check_finite_fields
 
 from . import data
-from .leakage import LeakagePreview, PreviewPrompt, leakage_prompts, preview_scoring
+from .leakage import SCORES_FILE, LeakagePreview, PreviewPrompt, leakage_prompts, preview_scorer
 from .prior import CLASS_PROMPT, class_images
 from .tokens import ConceptTokens, initial_concepts
 
@@ -124,13 +124,13 @@ class DecoderTask:
 
     def __init__(self, base: BaseModel, tokens: ConceptTokens, lora: dict[str, torch.nn.Parameter], config: DecoderConfig,
                  train: Latents, prior: Optional[Latents], previews: Sequence[PreviewPrompt],
-                 scoring: tuple = (None, None)):
+                 scorer: Optional[Callable] = None, scores_file: Optional[Path] = None):
         from diffusers import DDPMScheduler
 
         self.base, self.tokens, self.lora, self.config = base, tokens, lora, config
         self.train, self.prior = train, prior
         self.leakage = LeakagePreview(base, previews, tokens.applied.tokens, self.modules(), config.preview_steps,
-                                      config.loop.seed, *scoring)
+                                      config.loop.seed, scorer, scores_file)
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.prediction_type = base.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
@@ -312,7 +312,8 @@ def _train(base: BaseModel, ds: Any, start: ConceptFile, tokens_of: Sequence[str
         with _unet_lora(base.unet, config) as lora:
             previews = leakage_prompts(ds.records, tokens_of, config.preview_prompt)
             task = DecoderTask(base, tokens, lora, config, train_latents, prior, previews,
-                               preview_scoring(base, tokens_of, run, config.preview_steps))
+                               preview_scorer(base, tokens_of, bool(config.preview_steps and config.loop.preview_every)),
+                               run.previews_dir / SCORES_FILE)
             before = task.fixed_loss(config.loop.seed, accelerator.autocast)
             trained = run_training(task, config.loop, run, accelerator, reporter, label="stage 2 (decoder)")
             after = task.fixed_loss(config.loop.seed, accelerator.autocast)

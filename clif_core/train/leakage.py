@@ -116,15 +116,22 @@ class LeakagePreview:
         return with_footer(sheet, ["oracle: " + s.describe() for s in scores])
 
 
-def preview_scoring(base: BaseModel, placeholders: Sequence[str], run: Any, preview_steps: int) -> tuple:
-    """(scorer, scores file) for a run's LeakagePreview: the sandbox oracle's, when it applies to this base and
-    these concepts and previews are drawn (`sandbox/preview_scores.py`), else (None, None)."""
-    if not preview_steps:
-        return None, None
+def preview_scorer(base: BaseModel, placeholders: Sequence[str], draws_previews: bool) -> Optional[Callable]:
+    """The sandbox oracle's scorer for a run's previews when it applies to this base and these concepts and the
+    run draws previews at all (`sandbox/preview_scores.py`), else None (nothing is loaded)."""
+    if not draws_previews:
+        return None
     from clif_core.sandbox.preview_scores import oracle_scorer
 
-    scorer = oracle_scorer(base, placeholders)
-    return (scorer, run.previews_dir / SCORES_FILE) if scorer is not None else (None, None)
+    return oracle_scorer(base, placeholders)
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's previews/oracle.csv (SCORE_COLUMNS), rows with a malformed step left out."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if r.get("step", "").isdigit()]
 
 
 SCORES_FILE = "oracle.csv"
@@ -134,10 +141,7 @@ SCORE_COLUMNS = ("step", "column", "expected", "recognised", "correct")
 def _record_scores(path: Path, step: int, scores: Sequence[Any]) -> None:
     """Rewrite the CSV with this step's rows in place of any earlier rows of the same step (a resumed run
     previews some steps again), rows in step order."""
-    rows = []
-    if path.is_file():
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) != step]
+    rows = [r for r in read_scores(path) if int(r["step"]) != step]
     rows += [{"step": str(step), "column": s.column, "expected": " ".join(s.expected),
               "recognised": " ".join(s.recognised), "correct": str(int(s.correct))} for s in scores]
     rows.sort(key=lambda r: int(r["step"]))
