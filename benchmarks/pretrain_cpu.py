@@ -39,7 +39,7 @@ from clif_core.sandbox.model_arch import (  # noqa: E402
     scheduler_config,
     tokenizer,
 )
-from clif_core.sandbox.pretrain import PRESETS  # noqa: E402
+from clif_core.sandbox.pretrain_config import PRESETS  # noqa: E402
 from clif_core.sandbox.pretrain_data import build_world_set  # noqa: E402
 
 
@@ -130,14 +130,15 @@ def main() -> None:
     vae, text, vision, unet = build_vae(arch), build_text_encoder(arch), build_vision_tower(arch), build_unet(arch)
     stages = args.stages.split(",")
     if "vae" in stages:
-        first = losses.vae_loss(vae, world, cfg.vae.batch_size, cfg.kl_weight, losses.VaeObjective())
-        pack = losses.vae_loss(vae, world, cfg.vae.batch_size, cfg.kl_weight, cfg.vae_objective)
+        first, pack = (losses.random_batches(losses.vae_loss(vae, world, cfg.kl_weight, objective), len(world),
+                                             cfg.vae.batch_size) for objective in (losses.VaeObjective(), cfg.vae_objective))
         params = list(vae.parameters())
         compare("vae", first, pack, params, params, cfg.vae.batch_size, args.steps, args.blocks)
     if "clip" in stages:
         scale = torch.nn.Parameter(torch.tensor(2.0))
         first = plain_clip_loss(text, vision, scale, world, cfg.clip.batch_size, cfg.p_background_caption)
-        pack = losses.clip_loss(text, vision, scale, world, cfg.clip.batch_size, cfg.p_background_caption)
+        pack = losses.random_batches(losses.clip_loss(text, vision, scale, world, cfg.p_background_caption), len(world),
+                                     cfg.clip.batch_size)
         params = list(text.parameters()) + list(vision.parameters()) + [scale]
         compare("clip", first, pack, params, params, cfg.clip.batch_size, args.steps, args.blocks)
     if "unet" in stages:
@@ -148,8 +149,9 @@ def main() -> None:
         moments = losses.latent_moments(vae.eval(), world)
         first = plain_unet_loss(unet, text, schedule, moments, world, 1.0, cfg.unet.batch_size,
                                 cfg.p_background_caption, cfg.text_dropout, cfg.min_snr_gamma)
-        pack = losses.unet_loss(unet, schedule, moments, losses.text_contexts(text, world), 1.0,
-                                cfg.unet.batch_size, cfg.p_background_caption, cfg.text_dropout, cfg.min_snr_gamma)
+        pack = losses.random_batches(
+            losses.unet_loss(unet, schedule, moments, losses.text_contexts(text, world), 1.0, cfg.p_background_caption,
+                             cfg.text_dropout, cfg.min_snr_gamma), len(world), cfg.unet.batch_size)
         params = list(unet.parameters())
         compare("unet", first, pack, params, params, cfg.unet.batch_size, args.steps, args.blocks)
 

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 
 from clif_core.sandbox.model_arch import build_vae, tokenizer  # noqa: E402
 from clif_core.sandbox.oracle_train import EVAL_SEED_BASE  # noqa: E402
-from clif_core.sandbox.pretrain import PRESETS  # noqa: E402
+from clif_core.sandbox.pretrain_config import PRESETS  # noqa: E402
 from clif_core.sandbox.pretrain_data import build_world_set  # noqa: E402
-from clif_core.sandbox.pretrain_losses import VaeObjective, vae_loss  # noqa: E402
+from clif_core.sandbox.pretrain_losses import VaeObjective, random_batches, vae_loss  # noqa: E402
 from clif_core.sandbox.vae_ceiling import vae_ceiling  # noqa: E402
 
 RUNGS = {
@@ -43,7 +43,7 @@ def train(objective: VaeObjective, world, steps: int, batch: int = 32, lr: float
     torch.manual_seed(0)
     vae = build_vae(cfg.arch)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
-    loss_fn = vae_loss(vae, world, batch, cfg.kl_weight, objective)
+    loss_fn = random_batches(vae_loss(vae, world, cfg.kl_weight, objective), len(world), batch)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         for group in opt.param_groups:

@@ -12,7 +12,9 @@ import torch
 
 from clif_core.errors import Cancelled, ClifError
 from clif_core.progress import Reporter
-from clif_core.sandbox.pretrain import PRESETS, STAGES, export_model, load_state, pretrain
+from clif_core.sandbox.pretrain import export_model, pretrain
+from clif_core.sandbox.pretrain_config import PRESETS, STAGES
+from clif_core.sandbox.pretrain_store import load_state
 
 CFG = PRESETS["test"]
 TOTAL = sum(CFG.stage(s).steps for s in STAGES)
@@ -26,15 +28,16 @@ def test_stop_resume_export_and_load(tmp_path):
     work = tmp_path / "work"
     calls = []
 
-    def stop_after_five():
-        return len(calls) >= 5
+    def stop_after_six():  # progress comes at each stage's start and after each step
+        return len(calls) >= 6
 
-    reporter = Reporter(progress=lambda s, t, p=None: calls.append((s, t)), should_stop=stop_after_five, log=lambda m: None)
+    reporter = Reporter(progress=lambda s, t, p=None: calls.append((s, t)), should_stop=stop_after_six, log=lambda m: None)
     with pytest.raises(Cancelled, match="run the same command to resume"):
         _run(work, reporter=reporter)
     state = load_state(work)
-    assert (state.stage, state.step) == ("clip", 2)  # 3 VAE steps, then 2 of CLIP
-    assert (work / "checkpoint" / "training.pt").is_file()
+    assert (state.stage, state.step) == ("clip", 1)  # 3 VAE steps, then 1 of CLIP
+    assert (work / "clip" / "checkpoints" / "step-000001.safetensors").is_file()  # the shared loop's checkpoint
+    assert not list((work / "vae" / "checkpoints").iterdir())  # a finished stage's weights are in checkpoint/
     with pytest.raises(ClifError, match="has not reached the end of pretraining"):
         export_model(work, tmp_path / "model")
     with pytest.raises(ClifError, match="has not reached a UNet checkpoint"):
@@ -43,7 +46,7 @@ def test_stop_resume_export_and_load(tmp_path):
     resumed = []
     state = _run(work, reporter=Reporter(progress=lambda s, t, p=None: resumed.append(s), log=lambda m: None))
     assert state.done
-    assert resumed[0] == 6 and resumed[-1] == TOTAL  # continued where it stopped, no stage repeated
+    assert resumed[0] == 4 and resumed[-1] == TOTAL  # continued where it stopped, no stage repeated
     assert set(state.cpu_seconds) == set(STAGES) and state.scaling_factor > 0
     ceiling = state.vae_ceiling  # the oracle on the VAE's reconstructions, measured when the VAE stage ended
     assert ceiling["renders"] == 16 and 0 <= ceiling["reconstructed"]["scene"] <= 1
@@ -72,19 +75,34 @@ def test_stop_resume_export_and_load(tmp_path):
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
 
 
-def test_time_limit_checkpoints_and_float16_checkpoints_resume(tmp_path):
-    cfg = replace(CFG, checkpoint_dtype="float16")
+def test_a_time_limit_stops_after_a_step_with_a_checkpoint(tmp_path):
     work = tmp_path / "work"
-    state = pretrain(cfg, work, device="cpu", render_workers=1, max_minutes=1e-9)
+    state = pretrain(CFG, work, device="cpu", render_workers=1, max_minutes=1e-9)
     assert not state.done and (state.stage, state.step) == ("vae", 1)  # one step, then the deadline
-    ckpt = work / "checkpoint"
-    assert not (ckpt / "training.pt").exists()  # no optimizer state in float16 checkpoints
-    from safetensors import safe_open
+    assert (work / "vae" / "checkpoints" / "step-000001.safetensors").is_file()
+    assert load_state(work).seconds["vae"] > 0  # the record keeps the time spent
+    assert pretrain(CFG, work, device="cpu", render_workers=1).done
 
-    with safe_open(str(ckpt / "vae.safetensors"), "pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
-    state = pretrain(cfg, work, device="cpu", render_workers=1)
-    assert state.done
+
+def test_a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """The UNet stage stopped after its first step resumes with its weights, Adam and EMA state and the same
+    batches and noise: the exported weights equal those of a run never stopped."""
+    from safetensors.torch import load_file
+
+    whole = _run(tmp_path / "whole")
+    first_unet_step = sum(CFG.stage(s).steps for s in ("vae", "clip")) + 1
+    seen = []
+    stop = Reporter(progress=lambda s, t, p=None: seen.append(s), should_stop=lambda: first_unet_step in seen,
+                    log=lambda m: None)
+    with pytest.raises(Cancelled):
+        _run(tmp_path / "split", reporter=stop)
+    assert (load_state(tmp_path / "split").stage, load_state(tmp_path / "split").step) == ("unet", 1)
+    split = _run(tmp_path / "split")
+    assert whole.done and split.done
+    for name in ("unet", "unet_ema", "vision"):
+        a = load_file(str(tmp_path / "whole" / "checkpoint" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoint" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_other_settings_refuse_to_resume_but_unfinished_stages_may_change_length(tmp_path):
@@ -123,12 +141,14 @@ def test_unet_snapshot_is_a_learning_curve_point(tmp_path):
     """Mid-UNet-stage EMA weights export as a loadable model whose record names the step; its prompt-following
     report becomes a point of the curve JSON and PNG."""
     work = tmp_path / "work"
-    stop_in_unet = Reporter(should_stop=lambda: load_state(work) is not None and load_state(work).stage == "unet",
+    seen = []
+    two_unet_steps = sum(CFG.stage(s).steps for s in ("vae", "clip")) + 2
+    stop_in_unet = Reporter(progress=lambda s, t, p=None: seen.append(s), should_stop=lambda: two_unet_steps in seen,
                             log=lambda m: None)
     with pytest.raises(Cancelled):
         _run(work, reporter=stop_in_unet)
     state = load_state(work)
-    assert state.stage == "unet" and 0 < state.step < CFG.unet.steps
+    assert state.stage == "unet" and state.step == 2
     paths = export_model(work, tmp_path / "snap", unfinished=True)
     record = json.loads((paths.diffusers_dir / "sandbox_model.json").read_text())
     assert record["unfinished"] == {"stage": "unet", "step": state.step, "of": CFG.unet.steps}
@@ -148,17 +168,18 @@ def test_unet_snapshot_is_a_learning_curve_point(tmp_path):
 
 
 def test_a_rescheduled_stage_keeps_its_learning_rate_continuous_and_ends_at_zero():
-    from clif_core.sandbox.pretrain import StageConfig, _lr_lambda
+    from clif_core.sandbox.pretrain_config import StageConfig
+    from clif_core.sandbox.pretrain_stages import lr_schedule
 
     stage = StageConfig(steps=12_000, batch_size=64, lr=5e-4, warmup=200)
-    first = _lr_lambda(replace(stage, steps=20_000))
+    first = lr_schedule(replace(stage, steps=20_000))
     change = {"stage": "unet", "at_step": 4_900, "steps_before": 20_000, "steps_after": 12_000}
-    after = _lr_lambda(stage, [change])
+    after = lr_schedule(stage, [change])
     assert [after(t) for t in range(0, 4_901, 7)] == [first(t) for t in range(0, 4_901, 7)]  # the past as it was
     values = [after(t) for t in range(4_900, 12_001)]
     assert max(abs(b - a) for a, b in zip(values, values[1:])) < 1e-3  # no jump at the change
     assert all(b <= a for a, b in zip(values, values[1:])) and values[-1] == pytest.approx(0.0, abs=1e-12)
-    twice = _lr_lambda(replace(stage, steps=15_000), [change, {**change, "at_step": 8_000, "steps_before": 12_000,
+    twice = lr_schedule(replace(stage, steps=15_000), [change, {**change, "at_step": 8_000, "steps_before": 12_000,
                                                                 "steps_after": 15_000}])
     assert twice(8_000) == pytest.approx(after(8_000)) and twice(15_000) == pytest.approx(0.0, abs=1e-12)
     assert twice(11_000) > after(11_000)  # the second change stretched what was left

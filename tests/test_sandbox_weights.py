@@ -11,7 +11,7 @@ import torch
 
 from clif_core.models.clip_bpe import clip_tokenizer
 from clif_core.models.loader import load_base_model
-from clif_core.sandbox.pretrain import CLIP_MEAN, CLIP_STD
+from clif_core.sandbox.pretrain_losses import CLIP_MEAN, CLIP_STD
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "clif_core" / "sandbox" / "weights"
 BASE = WEIGHTS / "base"

@@ -71,8 +71,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     pt.add_argument("--preset", choices=["cpu", "gpu", "cpu-smoke", "test"], default="cpu")
     pt.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     pt.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
-    pt.add_argument("--checkpoint-dtype", choices=["float32", "float16"], default=None,
-                    help="float16: half-size checkpoints without optimizer state, to carry between machines")
     pt.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores, at most 16)")
     pt.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     pt.add_argument("--export", type=Path, default=None, help="when finished, write diffusers/ and vision/ here")
@@ -211,21 +209,16 @@ def _oracle_eval(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
-    from clif_core.sandbox.pretrain import (
-        PRESETS,
-        export_model,
-        pretrain,
-        with_overrides,
-    )
+    from clif_core.sandbox.pretrain import export_model, pretrain
+    from clif_core.sandbox.pretrain_config import PRESETS
 
     _threads(args)
     if args.snapshot is not None:
         paths = export_model(args.work, args.snapshot, unfinished=True)
         print(f"diffusers folder: {paths.diffusers_dir}\nvision tower: {paths.vision_dir}")
         return 0
-    cfg = with_overrides(PRESETS[args.preset], checkpoint_dtype=args.checkpoint_dtype)
     state = pretrain(
-        cfg, args.work, device=args.device, max_minutes=args.max_minutes, render_workers=args.workers,
+        PRESETS[args.preset], args.work, device=args.device, max_minutes=args.max_minutes, render_workers=args.workers,
         reporter=tqdm_reporter("pretrain"),
     )
     if not state.done:

@@ -1,6 +1,7 @@
 """The three pretraining stages' losses, one call per optimizer step, written for the CPU as much as the GPU.
 
-Each builder returns `loss(gen) -> scalar` over a batch drawn from the pre-rendered `WorldSet` with `gen`,
+Each builder returns `loss(idx, gen=None) -> scalar` over the batch `idx` of the pre-rendered `WorldSet`,
+drawing its noise from `gen` (the global generator when None: the shared training loop seeds that per step),
 so the training loop and `benchmarks/pretrain_cpu.py` time the very same step. What makes them cheap:
 
 - **UNet**: the text encoder is frozen in this stage, so its output for every training caption is computed
@@ -10,14 +11,14 @@ so the training loop and `benchmarks/pretrain_cpu.py` time the very same step. W
   output taken at the first end-of-text token, so the tokens after the batch's longest caption cannot
   change the loss; they are cut off (about 77 → 40 positions).
 
-Random draws happen in the same order as the step they replaced, so a seed gives the same batches.
+`random_batches` steps a loss outside the loop (benchmarks, tests): a batch drawn with the generator first.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 EOS_ID = 49407
 
-Loss = Callable[[torch.Generator], torch.Tensor]
+Loss = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
+
+
+def random_batches(loss: Loss, n: int, batch_size: int) -> Callable[[torch.Generator], torch.Tensor]:
+    """`loss` over `batch_size` of the `n` samples drawn uniformly with `gen`, then its noise from `gen`."""
+    return lambda gen: loss(torch.randint(n, (batch_size,), generator=gen, device=gen.device), gen)
 
 
 def pixels(world: WorldSet, idx: torch.Tensor) -> torch.Tensor:
@@ -37,9 +43,9 @@ def pixels(world: WorldSet, idx: torch.Tensor) -> torch.Tensor:
     return world.images[idx].float() / 127.5 - 1.0
 
 
-def caption_variant(n: int, p_background: float, gen: torch.Generator) -> torch.Tensor:
+def caption_variant(n: int, p_background: float, gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
     """Per image, 0 (caption naming the background) or 1 (without), the first with probability `p_background`."""
-    return (torch.rand(n, generator=gen, device=gen.device) >= p_background).long()
+    return (torch.rand(n, generator=gen, device=device) >= p_background).long()
 
 
 def normalise_for_vision(x: torch.Tensor) -> torch.Tensor:
@@ -89,30 +95,26 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, objects: torch.Ten
     return loss
 
 
-def vae_loss(vae: Any, world: WorldSet, batch_size: int, kl_weight: float, objective: VaeObjective) -> Loss:
+def vae_loss(vae: Any, world: WorldSet, kl_weight: float, objective: VaeObjective) -> Loss:
     """The objective's reconstruction loss + a small KL term."""
 
-    def loss(gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(world), (batch_size,), generator=gen, device=gen.device)
+    def loss(idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
         x = pixels(world, idx)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean
         if objective.sample_posterior:
-            z = z + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=gen.device)
+            z = z + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=z.device)
         recon = vae.decode(z).sample.float()
         return reconstruction_loss(recon, x, world.objects[idx], objective) + kl_weight * posterior.kl().mean()
 
     return loss
 
 
-def clip_loss(
-    text: Any, vision: Any, logit_scale: torch.Tensor, world: WorldSet, batch_size: int, p_background: float
-) -> Loss:
+def clip_loss(text: Any, vision: Any, logit_scale: torch.Tensor, world: WorldSet, p_background: float) -> Loss:
     """Symmetric InfoNCE; each image also scores its hard-negative caption (objects swapped, an attribute changed)."""
 
-    def loss(gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(world), (batch_size,), generator=gen, device=gen.device)
-        variant = caption_variant(batch_size, p_background, gen)
+    def loss(idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        variant = caption_variant(len(idx), p_background, gen, idx.device)
         ids = trim_padding(torch.cat([world.ids[idx, variant], world.negative_ids[idx, variant]]))
         texts = text(input_ids=ids).pooler_output
         images = vision(pixel_values=normalise_for_vision(pixels(world, idx))).image_embeds
@@ -151,7 +153,6 @@ def unet_loss(
     moments: torch.Tensor,
     contexts: tuple[torch.Tensor, torch.Tensor],
     scaling_factor: float,
-    batch_size: int,
     p_background: float,
     text_dropout: float,
     min_snr_gamma: float,
@@ -160,17 +161,16 @@ def unet_loss(
     captions, empty = contexts
     n_timesteps = noise_schedule.config.num_train_timesteps
 
-    def loss(gen: torch.Generator) -> torch.Tensor:
-        b = batch_size
-        idx = torch.randint(len(moments), (b,), generator=gen, device=gen.device)
+    def loss(idx: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        b, device = len(idx), idx.device
         mean, logvar = moments[idx].float().chunk(2, dim=1)
-        eps = torch.randn(mean.shape, generator=gen, device=gen.device)
+        eps = torch.randn(mean.shape, generator=gen, device=device)
         latents = (mean + torch.exp(0.5 * logvar) * eps) * scaling_factor
-        variant = caption_variant(b, p_background, gen)
-        drop = torch.rand(b, generator=gen, device=gen.device) < text_dropout
+        variant = caption_variant(b, p_background, gen, device)
+        drop = torch.rand(b, generator=gen, device=device) < text_dropout
         context = torch.where(drop[:, None, None], empty[None], captions[idx, variant])
-        steps = torch.randint(0, n_timesteps, (b,), generator=gen, device=gen.device)
-        noise = torch.randn(latents.shape, generator=gen, device=gen.device)
+        steps = torch.randint(0, n_timesteps, (b,), generator=gen, device=device)
+        noise = torch.randn(latents.shape, generator=gen, device=device)
         noisy = noise_schedule.add_noise(latents, noise, steps)
         target = noise_schedule.get_velocity(latents, noise, steps)
         pred = unet(noisy, steps, encoder_hidden_states=context).sample.float()

@@ -1,15 +1,17 @@
 """Training checkpoints: one safetensors file per checkpoint, never a pickle.
 
 A checkpoint holds everything a resumed run needs to continue bit-identically: the trainable tensors, the
-optimizer state (tensors as tensors, the rest as JSON metadata), the gradient scaler's state (fp16) and the
-loss history. Random numbers and the data order are functions of (seed, step) in the loop, so the step
+optimizer state (tensors as tensors, the rest as JSON metadata), the gradient scaler's state (fp16), the
+loss history and any state the trainer keeps beside its weights (`LoopHooks.state`, e.g. an EMA). Random numbers and the data order are functions of (seed, step) in the loop, so the step
 number is their whole state.
 
     step-000050.safetensors
         param.<group>/<name>        trainable tensors
         optim.<id>.<key>            optimizer state tensors (exp_avg, exp_avg_sq, step, ...)
+        extra.<name>                the trainer's own state tensors
         history                     float64 [n, 3]: step, loss, learning rate of the first group
-        metadata: clif.format, step, params (names in optimizer order), optimizer (JSON), scaler (JSON)
+        metadata: clif.format, step, params (names in optimizer order), optimizer (JSON), scaler (JSON),
+                  extra (names)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Checkpoint:
     optimizer: dict[str, Any]  # an optimizer state_dict
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, lr)
     scaler: Optional[dict[str, Any]] = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def checkpoint_name(step: int) -> str:
@@ -84,6 +87,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> Path:
     tensors = {f"param.{name}": t for name, t in ckpt.params.items()}
     optim_tensors, optim_meta = _flatten_optimizer(ckpt.optimizer)
     tensors.update(optim_tensors)
+    tensors.update({f"extra.{name}": t for name, t in ckpt.extra.items()})
     tensors["history"] = torch.tensor(ckpt.history, dtype=torch.float64).reshape(-1, 3)
     metadata = {
         "clif.format": FORMAT,
@@ -92,6 +96,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> Path:
         "params": json.dumps(list(ckpt.params)),
         "optimizer": json.dumps(optim_meta, allow_nan=False),
         "scaler": json.dumps(ckpt.scaler),
+        "extra": json.dumps(list(ckpt.extra)),
     }
     return save_safetensors_atomic(tensors, path, metadata)
 
@@ -110,11 +115,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer = json.loads(meta["optimizer"])
         scaler = json.loads(meta["scaler"])
         step = int(meta["step"])
+        extra_names = json.loads(meta.get("extra", "[]"))
     except (SafetensorError, OSError, ValueError, KeyError) as err:
         raise ClifError(
             f"checkpoint {path} cannot be read ({err}); delete it to resume from the one before, or restart the run"
         ) from None
     params = {name: tensors.pop(f"param.{name}") for name in names}
+    extra = {name: tensors.pop(f"extra.{name}") for name in extra_names}
     history = [(int(s), float(loss), float(lr)) for s, loss, lr in tensors.pop("history").tolist()]
     return Checkpoint(step=step, params=params, optimizer=_unflatten_optimizer(tensors, optimizer),
-                      history=history, scaler=scaler)
+                      history=history, scaler=scaler, extra=extra)

@@ -1,4 +1,4 @@
-"""The training loop every trainer of the pack shares (CLIF's two stages, erasure).
+"""The training loop every trainer of the pack shares (CLIF's two stages, erasure, the sandbox pretraining).
 
 A trainer supplies a `TrainTask`: its trainable parameter groups, its modules, how many samples it has,
 the order of one epoch, how to load a batch and its loss. `run_training` owns the rest:
@@ -19,6 +19,8 @@ the order of one epoch, how to load a batch and its loss. `run_training` owns th
 - a loss that is not finite stops the run with a ClifError before the optimizer step, and trainable weights
   that turn NaN or infinite (checked every `WEIGHT_CHECK_EVERY` steps and before every checkpoint) stop it
   after the step; either way the last good checkpoint stays as it is and nothing final is written.
+A trainer that needs more than a TrainTask gives `LoopHooks`: its own learning-rate schedule, a call after
+every optimizer step (an EMA of the weights) and state that checkpoints keep beside the trainable tensors.
 The loop never writes a trainer's final output: trainers do that after `run_training` returns.
 """
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -124,6 +126,20 @@ class TrainTask(Protocol):
 
 
 @dataclass
+class LoopHooks:
+    """What a trainer may change in the loop besides its TrainTask; every hook is optional."""
+
+    lr_factor: Optional[Callable[[int], float]] = None
+    """The learning rate's factor at step s (0 for the first), in place of the linear warm-up."""
+    after_update: Optional[Callable[[], None]] = None
+    """Called after every optimizer step, e.g. to update an EMA of the weights."""
+    state: Optional[Callable[[], dict[str, torch.Tensor]]] = None
+    """Tensors every checkpoint keeps beside the trainable ones (an EMA's weights)..."""
+    load_state: Optional[Callable[[dict[str, torch.Tensor]], None]] = None
+    """...and how a resumed run takes them back."""
+
+
+@dataclass
 class TrainResult:
     steps: int
     history: list[tuple[int, float, float]]
@@ -203,6 +219,7 @@ def run_training(
     accelerator: Any,
     reporter: Reporter = SILENT,
     label: str = "training",
+    hooks: Optional[LoopHooks] = None,
 ) -> TrainResult:
     """Train `task` for `config.steps` optimizer steps, resuming from the run folder's latest checkpoint.
 
@@ -211,7 +228,7 @@ def run_training(
     when the loss or the trainable weights are not finite.
     """
     config.check()
-    session = _Session(task, config, run, accelerator, reporter, label)
+    session = _Session(task, config, run, accelerator, reporter, label, hooks or LoopHooks())
     found = session.resume()
     session.check_batches()
     session.train()
@@ -242,9 +259,9 @@ class _Session:
     """One call of `run_training`: the trainable tensors, their optimizer, the loss history and the step."""
 
     def __init__(self, task: TrainTask, config: LoopConfig, run: RunFolder, accelerator: Any, reporter: Reporter,
-                 label: str):
+                 label: str, hooks: LoopHooks):
         self.task, self.config, self.run, self.accelerator = task, config, run, accelerator
-        self.reporter, self.label = reporter, label
+        self.reporter, self.label, self.hooks = reporter, label, hooks
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.main = accelerator.is_main_process
         groups = task.param_groups()
@@ -282,6 +299,8 @@ class _Session:
                 for key, p in self.named.items():
                     p.copy_(ckpt.params[key])
             self.optimizer.load_state_dict(ckpt.optimizer)
+            if self.hooks.load_state is not None:
+                self.hooks.load_state(ckpt.extra)
             if self.accelerator.scaler is not None and ckpt.scaler:
                 self.accelerator.scaler.load_state_dict(ckpt.scaler)
             self.history, self.step = list(ckpt.history), ckpt.step
@@ -318,6 +337,7 @@ class _Session:
                 optimizer=self.optimizer.state_dict(),
                 history=self.history,
                 scaler=scaler.state_dict() if scaler is not None else None,
+                extra={k: t.detach().cpu().clone() for k, t in (self.hooks.state() if self.hooks.state else {}).items()},
             )
             save_checkpoint(ckpt, self.run.checkpoints_dir / checkpoint_name(step))
             for _step, path in self.run.checkpoints()[: -self.config.keep_checkpoints]:
@@ -362,9 +382,9 @@ class _Session:
                 p.requires_grad_(False)
 
     def train_step(self) -> None:
-        """One optimizer step: warm-up, the accumulated micro-steps, the update, then the bookkeeping."""
-        config = self.config
-        factor = warmup_factor(self.step, config.warmup_steps)
+        """One optimizer step: the learning rate, the accumulated micro-steps, the update, then the bookkeeping."""
+        config, hooks = self.config, self.hooks
+        factor = hooks.lr_factor(self.step) if hooks.lr_factor else warmup_factor(self.step, config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         micro_losses = [self.micro_step(a) for a in range(config.grad_accum)]
@@ -378,6 +398,8 @@ class _Session:
             self.accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if hooks.after_update is not None:
+            hooks.after_update()
         self.step += 1
         self.history.append((self.step, value, self.optimizer.param_groups[0]["lr"]))
         self.between_steps = True
