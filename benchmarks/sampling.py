@@ -226,7 +226,7 @@ def comfy_worker(args) -> None:
 
     results = {"plain": measure(run_on(model, clip), args.repeat)}
     if args.concepts:
-        from clif_core.concepts.file_format import load_concept_file
+        from clif_core.concepts.files import load_concept_file
 
         patching = importlib.import_module("clif_nodes.concept_patching")
         patched = patching.apply_concept_file(model, clip, load_concept_file(args.concepts), 1.0, 1.0)
@@ -283,7 +283,7 @@ def main() -> int:
         print("no GPU: this benchmark needs CUDA (use --cpu on the CPU, --smoke to check that the script runs)")
         return 0
 
-    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.concepts.files import save_concept_file
     from clif_core.models.ldm_layout import save_single_file
     from clif_core.models.vae import vae_factor
     from clif_core.sample.regional import layout_regions

@@ -48,7 +48,7 @@ class LoadConceptFile(io.ComfyNode):
     def execute(cls, concept_file: str) -> io.NodeOutput:
         import folder_paths
 
-        from clif_core.concepts.file_format import load_concept_file
+        from clif_core.concepts.files import load_concept_file
 
         register_model_folders()
         path = folder_paths.get_full_path_or_raise(CONCEPTS_FOLDER, concept_file)
@@ -81,7 +81,7 @@ class SaveConceptFile(io.ComfyNode):
 
     @classmethod
     def execute(cls, concepts, filename: str, overwrite: bool) -> io.NodeOutput:
-        from clif_core.concepts.file_format import save_concept_file
+        from clif_core.concepts.files import save_concept_file
         from clif_core.validation import refuse_existing
 
         register_model_folders()

@@ -167,7 +167,7 @@ def comfy_sample_concepts(comfy_server, comfy_tiny_sd1, tiny_sd1):
     """The tiny SD1 checkpoint and a concept file for it in the server's folders; the base as the core loads it.
 
     The files' names as nodes take them are tests/helpers/comfy_sampling.py's CHECKPOINT and CONCEPTS."""
-    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.concepts.files import save_concept_file
     from clif_core.models.loader import load_base_model
     from tests.helpers.comfy_sampling import CONCEPTS
     from tests.helpers.concept_files import make_concept_file

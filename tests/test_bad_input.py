@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from clif_core.cli import main
 from clif_core.concepts.exports import import_comfy
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model
 from tests.helpers.broken_files import BROKEN_FILES, NaN, rewritten

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clif_core.cli import main
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.models.tiny import build_tiny_model
 from tests.helpers.concept_files import assert_same, make_concept_file
 

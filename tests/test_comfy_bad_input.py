@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from clif_core.concepts.file_format import save_concept_file
+from clif_core.concepts.files import save_concept_file
 from clif_core.fileio import in_use
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import ExecutionFailed

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clif_core.concepts.file_format import save_concept_file
+from clif_core.concepts.files import save_concept_file
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import ExecutionFailed
 from tests.helpers.concept_files import make_concept_file
@@ -112,7 +112,7 @@ def test_corrupt_concept_file_fails_on_its_node_and_server_goes_on(comfy_server,
 
 @pytest.mark.every_comfyui
 def test_save_and_export_nodes_write_files_the_stock_nodes_render_like_apply(comfy_server, installed):
-    from clif_core.concepts.file_format import load_concept_file
+    from clif_core.concepts.files import load_concept_file
 
     graph = {
         "1": {"class_type": "CLIFLoadConceptFile", "inputs": {"concept_file": "alice_bob.safetensors"}},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clif_core.concepts.file_format import load_concept_file
+from clif_core.concepts.files import load_concept_file
 from clif_core.erase.config import EraseConfig, EraseTarget
 from clif_core.erase.trainer import erase_concepts
 from clif_core.models.loader import load_base_model

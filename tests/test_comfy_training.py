@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from clif_core.concepts.file_format import load_concept_file
+from clif_core.concepts.files import load_concept_file
 from clif_core.models.loader import load_base_model
 from clif_core.models.tiny import build_tiny_vision_tower
 from clif_core.train.vision import save_vision_tower_file

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clif_core.concepts.exports import export_comfy, import_comfy
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from tests.helpers.concept_files import assert_same, make_concept_file
 

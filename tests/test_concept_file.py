@@ -16,11 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from clif_core.concepts import lora_keys
 from clif_core.concepts.checks import check_compatible
-from clif_core.concepts.file_format import (
-    FORMAT_NAME,
-    load_concept_file,
-    save_concept_file,
-)
+from clif_core.concepts.file_format import FORMAT_NAME
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.concepts.header import MAX_HEADER_BYTES, MAX_METADATA_BYTES
 from clif_core.concepts.thumbnail import make_thumbnail
 from clif_core.errors import ClifError

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clif_core.concepts import lora_keys
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.erase.patch import (
     check_patch_base,
     export_for_loraloader,

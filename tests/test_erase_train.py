@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clif_core.concepts.apply import apply_concepts
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.erase.conditioning import NULL, encode_prompts, unet_predict
 from clif_core.erase.config import EraseConfig, EraseTarget
 from clif_core.erase.objectives import target_guidance

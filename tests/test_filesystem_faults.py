@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clif_core.concepts.file_format import save_concept_file
+from clif_core.concepts.files import save_concept_file
 from clif_core.errors import ClifError
 from clif_core.fileio import atomic_dir, filesystem_errors, in_use, save_safetensors_atomic, write_text_atomic
 from clif_core.training.checkpoint import list_checkpoints, load_checkpoint

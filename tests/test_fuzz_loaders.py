@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from clif_core.concepts.checks import validate
-from clif_core.concepts.file_format import ConceptFile, load_concept_file, save_concept_file
+from clif_core.concepts.file_format import ConceptFile
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.erase.patch import load_erasure_patch
 from clif_core.errors import ClifError
 from clif_core.models.tiny import build_tiny_model

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clif_core.cli import main
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.loader import load_base_model
 from clif_core.models.tiny import TINY_IMAGE_SIZE

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from clif_core.cli import main as clif_main
-from clif_core.concepts.file_format import load_concept_file
+from clif_core.concepts.files import load_concept_file
 from clif_core.models.loader import load_base_model
 from tests.comfyui.rig import REPO_ROOT
 from tests.helpers.datasets import make_dataset

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clif_core.concepts.apply import apply_concepts
-from clif_core.concepts.file_format import load_concept_file
+from clif_core.concepts.files import load_concept_file
 from clif_core.errors import ClifError
 from clif_core.models.loader import load_base_model
 from clif_core.models.tiny import build_tiny_vision_tower

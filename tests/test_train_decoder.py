@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clif_core.concepts.apply import apply_concepts
-from clif_core.concepts.file_format import load_concept_file, save_concept_file
+from clif_core.concepts.files import load_concept_file, save_concept_file
 from clif_core.concepts.lora_keys import lora_modules
 from clif_core.errors import Cancelled, ClifError
 from clif_core.models.loader import load_base_model

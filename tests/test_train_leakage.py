@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from clif_core.cli import main as clif_main
-from clif_core.concepts.file_format import load_concept_file
+from clif_core.concepts.files import load_concept_file
 from clif_core.progress import Reporter
 from clif_core.sample.config import SampleConfig
 from clif_core.sample.sampler import sample

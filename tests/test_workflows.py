@@ -115,7 +115,7 @@ def test_workflow_runs(comfy_server, prepared, path: Path):
                     if node["type"] == "CLIFSaveImage":
                         assert PNG_KEY in im.info, f"{file}: no recipe in the PNG text ({sorted(im.info)})"
     for node in _nodes_by_type(ui, "CLIFSaveConceptFile"):
-        from clif_core.concepts.file_format import load_concept_file
+        from clif_core.concepts.files import load_concept_file
 
         written = Path(outputs[str(node["id"])]["text"][0])
         assert written.is_file()

@@ -288,7 +288,7 @@ def ensure_concept_files(server, base_choice: str, added: Optional[list] = None,
     missing = [t for t in targets if not t.exists()]
     if not missing:
         return targets
-    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.concepts.files import save_concept_file
     from clif_core.models.loader import load_base_model
     from tests.helpers.concept_files import make_concept_file
 

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from clif_core.concepts.file_format import load_concept_file
+    from clif_core.concepts.files import load_concept_file
 
     base = None
     if args.base is not None:
@@ -50,7 +50,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from clif_core.concepts.exports import export_comfy
-    from clif_core.concepts.file_format import load_concept_file
+    from clif_core.concepts.files import load_concept_file
 
     concepts = load_concept_file(args.path)
     written = export_comfy(concepts, args.comfy_models / "embeddings", args.comfy_models / "loras",
@@ -62,7 +62,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from clif_core.concepts.exports import import_comfy
-    from clif_core.concepts.file_format import save_concept_file
+    from clif_core.concepts.files import save_concept_file
     from clif_core.validation import refuse_existing
 
     refuse_existing([args.output], args.overwrite)

@@ -22,7 +22,8 @@ import torch
 
 from clif_core.concepts import lora_keys
 from clif_core.concepts.checks import validate
-from clif_core.concepts.file_format import ConceptFile, WarnFn, load_concept_file
+from clif_core.concepts.file_format import ConceptFile, WarnFn
+from clif_core.concepts.files import load_concept_file
 from clif_core.errors import ClifError
 from clif_core.validation import check_strength
 

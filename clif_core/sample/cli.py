@@ -88,7 +88,7 @@ def _regions(args: argparse.Namespace) -> tuple:
 
 def run(args: argparse.Namespace) -> int:
     from clif_core.cli import tqdm_reporter
-    from clif_core.concepts.file_format import load_concept_file
+    from clif_core.concepts.files import load_concept_file
     from clif_core.models.loader import load_base_model
 
     from .config import SampleConfig

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from clif_core.training.precision import make_accelerator
 
     from ..cli import tqdm_reporter
-    from ..concepts.file_format import load_concept_file, save_concept_file
+    from ..concepts.files import load_concept_file, save_concept_file
     from ..models.loader import load_base_model
     from ..progress import Reporter
     from .data import open_dataset

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from clif_core.concepts.file_format import ConceptFile, save_concept_file
+from clif_core.concepts.file_format import ConceptFile
+from clif_core.concepts.files import save_concept_file
 from clif_core.fileio import write_text_atomic
 
 from .loop import TrainResult
