@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -163,17 +163,18 @@ class StageRunner:
             self.reporter.progress(self.steps_before + step, self.total_steps, preview)
 
         reporter = Reporter(progress=progress, should_stop=limit.should_stop, log=self.reporter.log)
-        hooks = LoopHooks(lr_factor=lr_schedule(stage, changes), after_update=self.hooks.after_update,
-                          state=self.hooks.state, load_state=self.hooks.load_state)
+        hooks = replace(self.hooks, lr_factor=lr_schedule(stage, changes))
         started, cpu_started = time.time(), time.process_time()
         task = WorldStage(world, loss_fn, groups, trained)
         try:
             result = run_training(task, loop, run, make_accelerator(loop, self.device), reporter, f"pretraining {name}",
                                   hooks)
-        except Cancelled:
+        except BaseException as stopped:  # the loop has checkpointed the finished steps: record the time spent
             self._add_time(started, cpu_started)
             self.state.step = limit.last
             write_progress(self.work, self.state)
+            if not isinstance(stopped, Cancelled):
+                raise
             if limit.asked:
                 raise Cancelled(f"pretraining stopped at {name} step {limit.last}; run the same command to resume") from None
             self.reporter.log(f"time limit reached at {name} step {limit.last}; run the same command to resume")
