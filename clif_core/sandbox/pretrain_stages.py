@@ -41,7 +41,7 @@ from clif_core.sandbox.pretrain_store import (
     write_progress,
 )
 from clif_core.training.loop import LoopConfig, LoopHooks, ParamGroup, run_training
-from clif_core.training.precision import make_accelerator
+from clif_core.training.precision import make_accelerator, resolve_precision
 from clif_core.training.run_folder import RunFolder
 
 LOG_EVERY = 50
@@ -222,11 +222,12 @@ def train_vae(t: StageRunner, world: WorldSet) -> bool:
     return True
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (as the loop's "auto" precision), none on the CPU: for the stages' frozen passes."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def _autocast(device: torch.device):
+    """The loop's "auto" precision (`resolve_precision`) for the stages' frozen passes: none on the CPU."""
+    precision = resolve_precision("auto", device)
+    if precision == "no":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -237,7 +238,7 @@ def _scaling_factor(vae: Any, world: WorldSet, device: torch.device, seed: int, 
     samples = []
     for i in range(0, min(n, len(world)), 256):
         idx = torch.arange(i, min(i + 256, len(world), n), device=device)
-        with autocast(device):
+        with _autocast(device):
             samples.append(vae.encode(pixels(world, idx)).latent_dist.sample(generator=gen).float())
     return float(1.0 / torch.cat(samples).std())
 
@@ -287,7 +288,7 @@ def train_unet(t: StageRunner, world: WorldSet) -> bool:
 
     t.hooks = LoopHooks(after_update=lambda: ema.step(unet.parameters()), state=ema_state, load_state=load_ema)
     t.reporter.log("encoding the training set with the VAE and the frozen text encoder ...")
-    with autocast(t.device):
+    with _autocast(t.device):
         moments = latent_moments(vae, world)
         contexts = text_contexts(text, world)
     loss_fn = unet_loss(unet, DDPMScheduler.from_config(scheduler_config()), moments, contexts,
